@@ -1,0 +1,3 @@
+"""context-manager: real-time coordination for teams of AI agents."""
+
+__version__ = "0.1.0"

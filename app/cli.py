@@ -1,0 +1,129 @@
+"""`context-manager`: the command line.
+
+    context-manager serve       REST API (3847) + WebSocket server (3849) in one process
+    context-manager ws          the WebSocket server alone (the seed's `bun run ws`)
+    context-manager api         the REST API alone
+
+Every option has an environment variable (see `Settings`); options win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from app import __version__
+from app.core.config import Settings
+from app.core.logging import setup_logging
+
+SERVE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "serve": ("api", "ws"),
+    "ws": ("ws",),
+    "api": ("api",),
+}
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="bind address (HOST, default 127.0.0.1)")
+    parser.add_argument("--ws-port", type=int, help="WebSocket port (WS_PORT, default 3849)")
+    parser.add_argument("--api-port", type=int, help="REST API port (API_PORT, default 3847)")
+    parser.add_argument("--database-url", help="database URL (DATABASE_URL, default SQLite file)")
+    parser.add_argument("--redis-url", help="Redis URL (REDIS_URL): enables the Redis broker")
+    parser.add_argument("--log-level", help="debug, info, warning, error (LOG_LEVEL, default info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="context-manager",
+        description="Real-time coordination service for teams of AI agents.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "serve": "run the REST API and the WebSocket server",
+        "ws": "run the WebSocket server alone",
+        "api": "run the REST API alone",
+    }
+    for name, text in helps.items():
+        _add_server_options(commands.add_parser(name, help=text, description=text))
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the options given."""
+    overrides: dict[str, Any] = {
+        key: value
+        for key in ("host", "ws_port", "api_port", "database_url", "redis_url", "log_level")
+        if (value := getattr(args, key, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def _banner(settings: Settings, surfaces: Sequence[str]) -> str:
+    lines = [f"context-manager {__version__}"]
+    if "api" in surfaces:
+        lines.append(f"  REST API    http://{settings.host}:{settings.api_port}/api")
+        lines.append(f"  API docs    http://{settings.host}:{settings.api_port}/docs")
+    if "ws" in surfaces:
+        lines.append(f"  WebSocket   ws://{settings.host}:{settings.ws_port}/  (also /ws)")
+        lines.append(f"  WS health   http://{settings.host}:{settings.ws_port}/health")
+    lines.append(f"  database    {_redact(settings.database_url)}")
+    lines.append(f"  broker      {settings.broker_kind}")
+    return "\n".join(lines)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL fails later with its own error
+        return "<unparsable URL>"
+
+
+def _run(surfaces: Sequence[str], settings: Settings) -> int:
+    from app.server import Service, StartupError
+
+    setup_logging(settings.log_level, settings.log_format)
+    print(_banner(settings, surfaces), file=sys.stderr, flush=True)
+
+    async def main() -> None:
+        await Service(settings, surfaces).run()
+
+    try:
+        import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is not built for every platform
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    if args.command in SERVE_COMMANDS:
+        return _run(SERVE_COMMANDS[args.command], settings)
+    parser.error(f"unknown command {args.command}")
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

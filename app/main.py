@@ -1,0 +1,70 @@
+"""`create_app(settings)`: the one application, its lifespan and its surfaces.
+
+The application object is the REST API (port 3847, OpenAPI at /docs). Its `state.surfaces`
+maps each port to the ASGI app that serves it:
+
+    "api"  → this FastAPI app          (REST, /docs, /health with the database)
+    "ws"   → WebSocketSurface          (WebSocket at / and /ws, /health, /stats)
+
+All surfaces share what the lifespan builds: one database engine, one broker, one
+ConnectionManager. `app.server.Service` runs the lifespan once and one uvicorn server per port.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api.routes import health
+from app.core.config import Settings
+from app.db.engine import create_engine, create_sessionmaker
+from app.realtime.broker import create_broker
+from app.realtime.http import WebSocketSurface
+from app.realtime.manager import ConnectionManager
+
+logger = logging.getLogger("context_manager")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Build and start what the surfaces share; stop it in reverse order."""
+    settings: Settings = app.state.settings
+    node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
+    engine = create_engine(settings.database_url)
+    broker = create_broker(settings, node_id)
+    manager = ConnectionManager(settings, broker, node_id)
+    app.state.node_id = node_id
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.manager = manager
+    await manager.start()
+    try:
+        yield
+    finally:
+        # Clients first (they may still be flushing), then the background machinery.
+        if not manager.draining:
+            await manager.drain()
+        await manager.stop()
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for `settings` (read from the environment when omitted)."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="context-manager",
+        version=__version__,
+        description="Real-time coordination for teams of AI agents: REST API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(health.router)
+    surfaces: dict[str, Any] = {"api": app, "ws": WebSocketSurface(app)}
+    app.state.surfaces = surfaces
+    return app

@@ -1,0 +1,1 @@
+"""The real-time core: protocol, channels, connections, hub, brokers."""

@@ -1,0 +1,289 @@
+"""One client connection: its identity, its subscriptions and the bounded path its frames take.
+
+Frames leave through one of two sinks, chosen when the connection is accepted:
+
+* `DirectSink` — under uvicorn's ``websockets-sansio`` protocol (what the service runs). A frame's
+  pre-encoded wire bytes are written straight to the asyncio transport, whose write buffer *is*
+  the outbound queue; its size is checked against OUTBOUND_QUEUE_BYTES before every write.
+  No task, no coroutine, no per-client framing on the fan-out path.
+* `QueueSink` — any other ASGI server (or Starlette's TestClient). A bounded deque drained by
+  one writer task through the ASGI ``send`` callable.
+
+Either way a client that does not keep up overflows its bound and is closed with
+`CloseCode.SLOW_CONSUMER`; nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from app.realtime.frames import Frame
+from app.realtime.protocol import CloseCode
+
+logger = logging.getLogger("context_manager.connection")
+
+AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
+
+# How long a closing connection may take to flush before its transport is aborted.
+CLOSE_GRACE_SECONDS = 2.0
+
+
+class Sink(Protocol):
+    """Where a connection's frames go. `push` never blocks."""
+
+    def push(self, frame: Frame) -> bool:
+        """Queue a frame; False when the connection is closing or just overflowed."""
+
+    @property
+    def queued_bytes(self) -> int: ...
+
+    async def close(self, code: int, reason: str, timeout: float) -> None:
+        """Flush what is queued, then send a close frame (abort after `timeout`)."""
+
+    def abort(self, code: int, reason: str) -> None:
+        """Drop what is queued and close now."""
+
+
+class DirectSink:
+    """Writes wire frames to uvicorn's sansio protocol transport (see module docstring)."""
+
+    __slots__ = ("_proto", "_transport", "_limit", "_on_overflow", "closing")
+
+    def __init__(self, proto: Any, limit_bytes: int, on_overflow: Callable[[], None]) -> None:
+        self._proto = proto
+        self._transport: asyncio.Transport = proto.transport
+        self._limit = limit_bytes
+        self._on_overflow = on_overflow
+        self.closing = False
+
+    @staticmethod
+    def supports(send: AsgiSend) -> Any | None:
+        """The uvicorn protocol behind `send`, when it is one we can write to directly."""
+        proto = getattr(send, "__self__", None)
+        if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+            return None
+        if getattr(proto.config, "ws_per_message_deflate", True):
+            return None  # compressed connections need per-client framing
+        return proto
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def push(self, frame: Frame) -> bool:
+        if self.closing:
+            return False
+        transport = self._transport
+        if transport.is_closing() or self._proto.close_sent:
+            self.closing = True
+            return False
+        wire = frame.wire
+        if transport.get_write_buffer_size() + len(wire) > self._limit:
+            self._on_overflow()
+            return False
+        transport.write(wire)
+        return True
+
+    async def close(self, code: int, reason: str, timeout: float) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        # uvicorn's send waits until the transport drained below its high-water mark, so the
+        # close frame goes out after everything queued before it.
+        try:
+            await asyncio.wait_for(
+                self._proto.send({"type": "websocket.close", "code": code, "reason": reason}),
+                timeout,
+            )
+        except (TimeoutError, Exception):  # noqa: BLE001 - any failure here means: abort
+            self.abort(code, reason)
+
+    def abort(self, code: int, reason: str) -> None:
+        self.closing = True
+        proto = self._proto
+        transport = self._transport
+        if transport.is_closing():
+            return
+        # What uvicorn itself does on a keepalive timeout: fail the protocol, write the close
+        # frame behind what is buffered, close; then abort if the peer never drains it.
+        with contextlib.suppress(Exception):
+            proto.conn.fail(code, reason)
+            transport.write(b"".join(proto.conn.data_to_send()))
+        proto.close_sent = True
+        transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, transport.abort)
+
+
+class QueueSink:
+    """A bounded deque drained by one writer task through ASGI `send`."""
+
+    __slots__ = (
+        "_send",
+        "_queue",
+        "_bytes",
+        "_max_messages",
+        "_max_bytes",
+        "_on_overflow",
+        "_wakeup",
+        "_task",
+        "_close",
+        "closing",
+    )
+
+    def __init__(
+        self, send: AsgiSend, max_messages: int, max_bytes: int, on_overflow: Callable[[], None]
+    ) -> None:
+        self._send = send
+        self._queue: collections.deque[Frame] = collections.deque()
+        self._bytes = 0
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._on_overflow = on_overflow
+        self._wakeup: asyncio.Future[None] | None = None
+        self._close: tuple[int, str] | None = None
+        self.closing = False
+        self._task = asyncio.get_running_loop().create_task(self._writer())
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def push(self, frame: Frame) -> bool:
+        if self.closing:
+            return False
+        size = len(frame.text)
+        if len(self._queue) >= self._max_messages or self._bytes + size > self._max_bytes:
+            self._on_overflow()
+            return False
+        self._queue.append(frame)
+        self._bytes += size
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _writer(self) -> None:
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not queue:
+                    if self._close is not None:
+                        code, reason = self._close
+                        await self._send(
+                            {"type": "websocket.close", "code": code, "reason": reason}
+                        )
+                        return
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
+                    continue
+                frame = queue.popleft()
+                self._bytes -= len(frame.text)
+                await self._send({"type": "websocket.send", "text": frame.text})
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the peer went away mid-send; the reader cleans up
+            logger.debug("writer stopped", exc_info=True)
+
+    async def close(self, code: int, reason: str, timeout: float) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._close = (code, reason)
+        self._wake()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self.abort(code, reason)
+
+    def abort(self, code: int, reason: str) -> None:
+        self.closing = True
+        self._queue.clear()
+        self._bytes = 0
+        self._task.cancel()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class Connection:
+    """A connected client as the rest of the service sees it."""
+
+    __slots__ = (
+        "client_id",
+        "agent_id",
+        "session_id",
+        "remote",
+        "subscriptions",
+        "connected_at",
+        "last_seen",
+        "sink",
+        "close_code",
+        "slow",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        agent_id: str | None,
+        session_id: str | None,
+        remote: str,
+    ) -> None:
+        self.client_id = client_id
+        self.agent_id = agent_id
+        self.session_id = session_id
+        self.remote = remote
+        self.subscriptions: set[str] = set()
+        self.connected_at = time.time()
+        self.last_seen = time.monotonic()
+        self.sink: Sink | None = None
+        self.close_code: int | None = None
+        self.slow = False
+
+    def attach(self, send: AsgiSend, max_messages: int, max_bytes: int) -> None:
+        """Choose the sink for an accepted connection (see module docstring)."""
+        proto = DirectSink.supports(send)
+        if proto is not None:
+            self.sink = DirectSink(proto, max_bytes, self._overflow)
+        else:
+            self.sink = QueueSink(send, max_messages, max_bytes, self._overflow)
+
+    def send(self, frame: Frame) -> bool:
+        """Queue a frame for this client without waiting; False if it was not queued."""
+        sink = self.sink
+        return sink is not None and sink.push(frame)
+
+    def _overflow(self) -> None:
+        if self.slow:
+            return
+        self.slow = True
+        self.close_code = CloseCode.SLOW_CONSUMER
+        logger.warning(
+            "slow consumer disconnected",
+            extra={"client_id": self.client_id, "agent_id": self.agent_id},
+        )
+        assert self.sink is not None
+        self.sink.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    async def close(self, code: int, reason: str = "", timeout: float = 5.0) -> None:
+        """Flush, then close with `code`."""
+        if self.close_code is None:
+            self.close_code = code
+        if self.sink is not None:
+            await self.sink.close(code, reason, timeout)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.client_id} agent={self.agent_id!r}>"

@@ -1,0 +1,248 @@
+"""The WebSocket endpoint: handshake, read loop, and dispatch of client messages.
+
+It speaks raw ASGI rather than through a framework's WebSocket wrapper so that the
+connection's sink can reach uvicorn's transport (see connection.py) and nothing wraps `send`.
+Messages from one connection are handled in order, one at a time; a failure in one message is
+answered with an error frame and never ends the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from app.realtime.channels import check_event, is_valid_id, parse_channel
+from app.realtime.connection import Connection
+from app.realtime.frames import Frame
+from app.realtime.hub import BrokerUnavailable
+from app.realtime.manager import ConnectionManager, new_client_id
+from app.realtime.protocol import (
+    CloseCode,
+    ErrorCode,
+    MessageType,
+    ProtocolError,
+    RequestId,
+    ack_frame,
+    connected_frame,
+    error_frame,
+    optional_str,
+    parse_message,
+    pong_frame,
+    request_id,
+    require_str,
+)
+
+logger = logging.getLogger("context_manager.endpoint")
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[["Session", dict[str, Any], RequestId | None], Awaitable[None]]
+
+
+def _query_identity(query_string: bytes) -> tuple[dict[str, str], list[str]]:
+    """agent_id / session_id from the query string, and the names of invalid ones."""
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=False)
+    identity: dict[str, str] = {}
+    invalid: list[str] = []
+    for key in ("agent_id", "session_id"):
+        values = query.get(key)
+        if not values:
+            continue
+        if is_valid_id(values[-1]):
+            identity[key] = values[-1]
+        else:
+            invalid.append(key)
+    return identity, invalid
+
+
+class Session:
+    """One connection's conversation with the server."""
+
+    __slots__ = ("manager", "connection", "_max_message", "_handlers")
+
+    def __init__(self, manager: ConnectionManager, connection: Connection) -> None:
+        self.manager = manager
+        self.connection = connection
+        self._max_message = manager.settings.max_message_bytes
+        self._handlers: dict[str, Handler] = {
+            MessageType.SUBSCRIBE: Session._subscribe,
+            MessageType.UNSUBSCRIBE: Session._unsubscribe,
+            MessageType.PUBLISH: Session._publish,
+            MessageType.AUTH: Session._auth,
+            MessageType.PING: Session._ping,
+        }
+
+    # --- output ---------------------------------------------------------------------------
+
+    def reply(self, text: str, kind: str) -> None:
+        if self.connection.send(Frame(text, kind)):
+            self.manager.stats.messages_out[kind] += 1
+
+    def ack(self, rid: RequestId | None, extra: dict[str, Any] | None = None) -> None:
+        if rid is not None:
+            self.reply(ack_frame(rid, extra), "ack")
+
+    def error(self, code: ErrorCode, message: str, rid: RequestId | None = None) -> None:
+        self.manager.stats.errors[code.value] += 1
+        self.reply(error_frame(code, message, rid), "error")
+
+    # --- input ----------------------------------------------------------------------------
+
+    async def handle(self, text: str) -> None:
+        """Answer one client frame."""
+        stats = self.manager.stats
+        if len(text) > self._max_message or (
+            len(text) * 4 > self._max_message and len(text.encode()) > self._max_message
+        ):
+            stats.messages_in["invalid"] += 1
+            self.error(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"Message exceeds {self._max_message} bytes",
+            )
+            return
+        rid: RequestId | None = None
+        try:
+            message = parse_message(text)
+            kind = message["type"]
+            handler = self._handlers.get(kind)
+            rid = request_id(message)
+            if handler is None:
+                stats.messages_in["unknown"] += 1
+                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type {kind[:40]!r}")
+            stats.messages_in[kind] += 1
+            await handler(self, message, rid)
+        except ProtocolError as exc:
+            if exc.code in (ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE) and rid is None:
+                stats.messages_in["invalid"] += 1
+            self.error(exc.code, exc.message, rid)
+        except BrokerUnavailable:
+            self.error(ErrorCode.INTERNAL, "Broker unavailable, try again", rid)
+        except Exception:
+            ref = secrets.token_hex(4)
+            logger.exception("internal error handling a message (ref %s)", ref)
+            self.error(ErrorCode.INTERNAL, f"Internal error (ref {ref})", rid)
+
+    async def _subscribe(self, message: dict[str, Any], rid: RequestId | None) -> None:
+        channel = parse_channel(require_str(message, "channel"))
+        connection = self.connection
+        self.manager.permissions.check_subscribe(connection, channel)
+        if (
+            channel.name not in connection.subscriptions
+            and len(connection.subscriptions) >= self.manager.settings.max_subscriptions
+        ):
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"At most {self.manager.settings.max_subscriptions} subscriptions per connection",
+            )
+        await self.manager.hub.subscribe(connection, channel.name)
+        self.ack(rid, {"channel": channel.name})
+
+    async def _unsubscribe(self, message: dict[str, Any], rid: RequestId | None) -> None:
+        channel = parse_channel(require_str(message, "channel"))
+        if not await self.manager.hub.unsubscribe(self.connection, channel.name):
+            raise ProtocolError(ErrorCode.NOT_SUBSCRIBED, f"Not subscribed to {channel.name}")
+        self.ack(rid, {"channel": channel.name})
+
+    async def _publish(self, message: dict[str, Any], rid: RequestId | None) -> None:
+        channel = parse_channel(require_str(message, "channel"))
+        event = check_event(require_str(message, "event"))
+        self.manager.permissions.check_publish(self.connection, channel, event)
+        publication = await self.manager.publish(channel.name, event, message.get("data"))
+        self.ack(rid, {"channel": channel.name, "offset": publication.offset})
+
+    async def _auth(self, message: dict[str, Any], rid: RequestId | None) -> None:
+        agent_id = optional_str(message, "agent_id")
+        session_id = optional_str(message, "session_id")
+        for field, value in (("agent_id", agent_id), ("session_id", session_id)):
+            if value is not None and not is_valid_id(value):
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Field '{field}' is not a valid id")
+        await self.manager.set_identity(self.connection, agent_id, session_id)
+        self.ack(
+            rid,
+            {"agent_id": self.connection.agent_id, "session_id": self.connection.session_id},
+        )
+
+    async def _ping(self, message: dict[str, Any], rid: RequestId | None) -> None:
+        self.reply(pong_frame(), "pong")
+        await self.manager.heartbeat(self.connection)
+
+
+async def websocket_endpoint(
+    manager: ConnectionManager, scope: dict[str, Any], receive: Receive, send: Send
+) -> None:
+    """Serve one WebSocket connection from handshake to close."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if manager.draining:
+        # Before accept, a close becomes an HTTP 403; the client retries elsewhere.
+        manager.stats.connections_rejected["draining"] += 1
+        await send({"type": "websocket.close", "code": CloseCode.SERVICE_RESTART})
+        return
+
+    settings = manager.settings
+    identity, invalid = _query_identity(scope.get("query_string", b""))
+    client = scope.get("client") or ("unknown", 0)
+    connection = Connection(
+        new_client_id(),
+        agent_id=identity.get("agent_id"),
+        session_id=identity.get("session_id"),
+        remote=str(client[0]),
+    )
+    await send({"type": "websocket.accept"})
+    connection.attach(send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
+    session = Session(manager, connection)
+    session.reply(connected_frame(connection.client_id), "connected")
+    for name in invalid:
+        session.error(
+            ErrorCode.INVALID_MESSAGE, f"Query parameter '{name}' is not a valid id; ignored"
+        )
+
+    close_code: int | None = None
+    await manager.connect(connection)
+    logger.info(
+        "connection open",
+        extra={
+            "client_id": connection.client_id,
+            "agent_id": connection.agent_id,
+            "remote": connection.remote,
+        },
+    )
+    try:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                connection.last_seen = time.monotonic()
+                text = message.get("text")
+                if text is None:
+                    raw = message.get("bytes") or b""
+                    try:
+                        text = raw.decode()
+                    except UnicodeDecodeError:
+                        session.error(ErrorCode.INVALID_JSON, "Binary message is not UTF-8 JSON")
+                        continue
+                await session.handle(text)
+            elif kind == "websocket.disconnect":
+                close_code = message.get("code")
+                break
+    finally:
+        await manager.disconnect(connection, close_code)
+        sink = connection.sink
+        stop = getattr(sink, "stop", None)
+        if stop is not None:
+            await stop()
+        logger.info(
+            "connection closed",
+            extra={
+                "client_id": connection.client_id,
+                "agent_id": connection.agent_id,
+                "close_code": connection.close_code
+                if connection.close_code is not None
+                else close_code,
+            },
+        )

@@ -1,0 +1,65 @@
+"""The WebSocket server's own HTTP routes and its ASGI surface (port 3849).
+
+`WebSocketSurface` sends WebSocket handshakes on `/` and `/ws` straight to the endpoint, and
+every HTTP request to a small FastAPI app with the seed's `/health` and `/stats`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from app.realtime.endpoint import Receive, Send, websocket_endpoint
+from app.realtime.manager import ConnectionManager
+from app.realtime.protocol import CloseCode
+
+WEBSOCKET_PATHS = frozenset({"/", "/ws"})
+
+
+def _manager(request: Request) -> ConnectionManager:
+    manager: ConnectionManager = request.app.state.root.state.manager
+    return manager
+
+
+def build_http_app(root: FastAPI) -> FastAPI:
+    """HTTP routes of the WebSocket port; state is read from the root app at request time."""
+    http = FastAPI(
+        title="context-manager WebSocket server",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    http.state.root = root
+
+    @http.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        """The seed's health check: clients, channels, subscribers per channel."""
+        port = request.scope.get("server", ("", root.state.settings.ws_port))[1]
+        return _manager(request).health(port)
+
+    @http.get("/stats")
+    async def stats(request: Request) -> dict[str, Any]:
+        """Counters since start: connections, subscriptions, messages, errors, rates."""
+        return _manager(request).snapshot()
+
+    return http
+
+
+class WebSocketSurface:
+    """ASGI app of port 3849."""
+
+    def __init__(self, root: FastAPI) -> None:
+        self.root = root
+        self.http = build_http_app(root)
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            if scope["path"] in WEBSOCKET_PATHS:
+                await websocket_endpoint(self.root.state.manager, scope, receive, send)
+            else:
+                await receive()
+                await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+        elif kind == "http":
+            await self.http(scope, receive, send)  # type: ignore[arg-type]

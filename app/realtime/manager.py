@@ -1,0 +1,214 @@
+"""The ConnectionManager: every open connection of this node, its presence and its lifecycle.
+
+It owns the hub (fan-out), agent presence, the idle sweeper, the counters behind /health and
+/stats, and the drain on shutdown. The REST API, the bridge and the metrics task publish through
+`ConnectionManager.publish`, the same path a client's `publish` takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from app.core.config import Settings
+from app.realtime.broker.base import Broker
+from app.realtime.channels import agent_channel
+from app.realtime.connection import Connection
+from app.realtime.hub import Hub
+from app.realtime.permissions import Permissions
+from app.realtime.presence import AgentPresence
+from app.realtime.protocol import CloseCode, now_ms
+from app.realtime.publication import Publication
+from app.realtime.stats import Stats
+
+logger = logging.getLogger("context_manager.connections")
+
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int) -> str:
+    digits = []
+    while number:
+        number, rest = divmod(number, 36)
+        digits.append(_BASE36[rest])
+    return "".join(reversed(digits)) or "0"
+
+
+def new_client_id() -> str:
+    """`ws_<time>_<random>` as in the seed's `ws_abc123_def456`: sortable and unguessable."""
+    return f"ws_{_base36(time.time_ns() // 1_000_000)}_{secrets.token_hex(6)}"
+
+
+class ConnectionManager:
+    def __init__(self, settings: Settings, broker: Broker, node_id: str) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.broker = broker
+        self.stats = Stats()
+        self.hub = Hub(broker, self.stats)
+        self.permissions = Permissions()
+        self.presence = AgentPresence(settings.heartbeat_interval)
+        self.connections: dict[str, Connection] = {}
+        self.draining = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start(self.hub)
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.broker.close()
+
+    async def drain(self, code: int = CloseCode.SERVICE_RESTART, reason: str = "") -> None:
+        """Refuse new connections, flush and close every open one with `code`, in parallel."""
+        self.draining = True
+        timeout = self.settings.shutdown_timeout
+        closing = [
+            c.close(code, reason or "server shutting down", timeout)
+            for c in self.connections.values()
+        ]
+        if closing:
+            logger.info("closing %d connection(s) with %d", len(closing), code)
+            await asyncio.gather(*closing, return_exceptions=True)
+
+    async def _sweep_idle(self) -> None:
+        """Close connections that sent nothing for WS_IDLE_TIMEOUT seconds."""
+        timeout = self.settings.ws_idle_timeout
+        period = min(1.0, timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - timeout
+            idle = [
+                c
+                for c in self.connections.values()
+                if c.last_seen < deadline and c.close_code is None
+            ]
+            for connection in idle:
+                asyncio.create_task(
+                    connection.close(
+                        CloseCode.IDLE_TIMEOUT, "idle timeout", self.settings.shutdown_timeout
+                    )
+                )
+
+    # --- connections ----------------------------------------------------------------------
+
+    async def connect(self, connection: Connection) -> None:
+        self.connections[connection.client_id] = connection
+        self.stats.connections_opened += 1
+        if connection.agent_id is not None:
+            await self._agent_joined(connection)
+
+    async def disconnect(self, connection: Connection, code: int | None) -> None:
+        if self.connections.pop(connection.client_id, None) is None:
+            return
+        self.stats.connections_closed += 1
+        final_code = connection.close_code if connection.close_code is not None else code
+        if final_code is not None:
+            self.stats.close_codes[final_code] += 1
+        if connection.slow:
+            self.stats.slow_consumers += 1
+        await self.hub.remove(connection)
+        if connection.agent_id is not None:
+            await self._agent_left(connection.agent_id, connection, final_code)
+
+    async def set_identity(
+        self, connection: Connection, agent_id: str | None, session_id: str | None
+    ) -> None:
+        """Change who a connection speaks for (the `auth` message), keeping presence right."""
+        if session_id is not None:
+            connection.session_id = session_id
+        if agent_id is None or agent_id == connection.agent_id:
+            return
+        previous = connection.agent_id
+        connection.agent_id = agent_id
+        if previous is not None:
+            await self._agent_left(previous, connection, None)
+        await self._agent_joined(connection)
+
+    async def _agent_joined(self, connection: Connection) -> None:
+        agent_id = connection.agent_id
+        assert agent_id is not None
+        if self.presence.add(agent_id):
+            extra = {"connected_at": connection.connected_at}
+            await self._publish_agent_event("agent.connected", agent_id, connection, extra)
+
+    async def _agent_left(self, agent_id: str, connection: Connection, code: int | None) -> None:
+        if self.presence.remove(agent_id):
+            extra = {"close_code": code}
+            await self._publish_agent_event("agent.disconnected", agent_id, connection, extra)
+
+    async def heartbeat(self, connection: Connection) -> None:
+        """A ping from an agent: publish agent.heartbeat, throttled per agent."""
+        agent_id = connection.agent_id
+        if agent_id is not None and self.presence.heartbeat_due(agent_id):
+            await self._publish_agent_event("agent.heartbeat", agent_id, connection, {})
+
+    async def _publish_agent_event(
+        self, event: str, agent_id: str, connection: Connection, extra: dict[str, Any]
+    ) -> None:
+        data = {
+            "agent_id": agent_id,
+            "session_id": connection.session_id,
+            "client_id": connection.client_id,
+            "node_id": self.node_id,
+            **extra,
+        }
+        for channel in ("global", agent_channel(agent_id)):
+            try:
+                await self.publish(channel, event, data)
+            except Exception:  # noqa: BLE001 - presence must not break a connection
+                logger.exception("could not publish %s for %s", event, agent_id)
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def publish(
+        self, channel: str, event: str, data: Any, timestamp: int | None = None
+    ) -> Publication:
+        """Publish on a channel through the broker (all nodes). The channel must be valid."""
+        publication = Publication(
+            channel, event, data, timestamp if timestamp is not None else now_ms()
+        )
+        publication = await self.broker.publish(publication)
+        self.stats.publications += 1
+        self.stats.publication_rate.mark()
+        return publication
+
+    # --- views ----------------------------------------------------------------------------
+
+    def health(self, port: int) -> dict[str, Any]:
+        """The seed's GET /health body, to the key."""
+        channel_stats = self.hub.channel_stats()
+        return {
+            "status": "healthy" if self.broker.healthy and not self.draining else "degraded",
+            "type": "websocket",
+            "port": port,
+            "connectedClients": len(self.connections),
+            "activeChannels": len(channel_stats),
+            "channelStats": channel_stats,
+            "timestamp": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """GET /stats: counters and the live view of this node."""
+        stats = self.stats.snapshot()
+        channel_stats = self.hub.channel_stats()
+        stats["node_id"] = self.node_id
+        stats["broker"] = {"kind": self.settings.broker_kind, "healthy": self.broker.healthy}
+        stats["connections"]["current"] = len(self.connections)
+        stats["subscriptions"]["current"] = sum(channel_stats.values())
+        stats["channels"] = {"active": len(channel_stats), "subscribers": channel_stats}
+        stats["agents_online"] = len(self.presence.online())
+        return stats

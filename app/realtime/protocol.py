@@ -1,0 +1,180 @@
+"""The wire protocol in one file: inbound message shapes, outbound frames, error and close codes.
+
+Client → server (JSON text frames, the seed's shapes)::
+
+    {"type": "subscribe",   "channel": "global", "id": "sub-1", "timestamp": 1234567890}
+    {"type": "unsubscribe", "channel": "global", "id": "sub-2"}
+    {"type": "publish", "channel": "topics/x", "event": "note.added", "data": {}, "id": "p-1"}
+    {"type": "auth",        "agent_id": "my-agent", "session_id": "abc123"}
+    {"type": "ping",        "timestamp": 1234567890}
+
+Server → client::
+
+    {"type": "connected", "client_id": "ws_abc123_def456", "timestamp": ...}
+    {"channel": "global", "event": "task.completed", "data": {...}, "timestamp": ...}
+    {"type": "ack", "id": "sub-1", "success": true, "timestamp": ...}
+    {"type": "pong", "timestamp": ...}
+    {"error": "Invalid channel", "code": "INVALID_CHANNEL", "timestamp": ..., "id": "sub-1"}
+
+Frames are encoded with orjson. Outbound frames are `str` because ASGI text frames are `str`;
+an event frame is encoded once per publication and the same object goes to every subscriber.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+import orjson
+
+# A client-chosen request id: the seed uses strings; numbers are accepted and echoed as given.
+RequestId = str | int
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch, the seed's `timestamp` unit."""
+    return time.time_ns() // 1_000_000
+
+
+class MessageType(enum.StrEnum):
+    """Values of `type` a client may send."""
+
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    PUBLISH = "publish"
+    AUTH = "auth"
+    PING = "ping"
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes carried in `code` of an error frame. The connection stays open."""
+
+    INVALID_JSON = "INVALID_JSON"  # the frame is not JSON text
+    INVALID_MESSAGE = "INVALID_MESSAGE"  # not an object, or a field missing or of the wrong type
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"  # `type` names no message we know
+    INVALID_CHANNEL = "INVALID_CHANNEL"  # channel outside the grammar
+    INVALID_EVENT = "INVALID_EVENT"  # event name outside the grammar
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"  # frame above MAX_MESSAGE_BYTES (below MAX_FRAME_BYTES)
+    NOT_SUBSCRIBED = "NOT_SUBSCRIBED"  # unsubscribe from a channel this connection is not on
+    TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"  # MAX_SUBSCRIPTIONS reached
+    FORBIDDEN = "FORBIDDEN"  # the identity may not do this on that channel
+    UNAUTHORIZED = "UNAUTHORIZED"  # a credential was required or was refused
+    RATE_LIMITED = "RATE_LIMITED"  # too many messages per second
+    INTERNAL = "INTERNAL"  # our fault; logged with a reference, nothing leaked
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server sends.
+
+    Following Centrifugo's split: 1000–2999 are the RFC's, 3000–3499 mean "reconnect",
+    3500–3999 mean "do not reconnect without changing something".
+    """
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009  # a frame above MAX_FRAME_BYTES
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # SIGTERM: the node is going down, reconnect (elsewhere)
+    IDLE_TIMEOUT = 3001  # nothing received for WS_IDLE_TIMEOUT seconds
+    TOKEN_EXPIRED = 3005  # refresh the token, then reconnect
+    SLOW_CONSUMER = 3008  # the outbound queue overflowed
+    CONNECTION_LIMIT = 3504  # too many connections (total or per address)
+    INVALID_TOKEN = 3500  # bad or missing credentials
+    FORBIDDEN = 3503  # the identity may not connect here (e.g. Origin refused)
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether a client should reconnect after this code."""
+        if self in (CloseCode.NORMAL, CloseCode.POLICY_VIOLATION, CloseCode.MESSAGE_TOO_BIG):
+            return False
+        return int(self) < 3500
+
+
+class ProtocolError(Exception):
+    """A client message we answer with an error frame; the connection goes on."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def connected_frame(client_id: str) -> str:
+    return _dumps({"type": "connected", "client_id": client_id, "timestamp": now_ms()})
+
+
+def ack_frame(request_id: RequestId, extra: dict[str, Any] | None = None) -> str:
+    frame: dict[str, Any] = {"type": "ack", "id": request_id, "success": True}
+    if extra:
+        frame.update(extra)
+    frame["timestamp"] = now_ms()
+    return _dumps(frame)
+
+
+def pong_frame() -> str:
+    return _dumps({"type": "pong", "timestamp": now_ms()})
+
+
+def error_frame(code: ErrorCode, message: str, request_id: RequestId | None = None) -> str:
+    frame: dict[str, Any] = {"error": message, "code": code.value, "timestamp": now_ms()}
+    if request_id is not None:
+        frame["id"] = request_id
+    return _dumps(frame)
+
+
+def event_frame(channel: str, event: str, data: Any, timestamp: int) -> str:
+    """Encode one publication; the caller shares the result with every subscriber."""
+    return orjson.dumps(
+        {"channel": channel, "event": event, "data": data, "timestamp": timestamp}
+    ).decode()
+
+
+# --- inbound ---------------------------------------------------------------------------------
+
+
+def parse_message(text: str) -> dict[str, Any]:
+    """Decode one client frame into a dict with a valid `type`, or raise ProtocolError."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "Message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Message must be a JSON object")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "Field 'type' is required and must be a string"
+        )
+    return message
+
+
+def request_id(message: dict[str, Any]) -> RequestId | None:
+    """The message's `id`, or None; raise when present with a type we cannot echo."""
+    value = message.get("id")
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Field 'id' must be a string or an integer")
+
+
+def require_str(message: dict[str, Any], field: str) -> str:
+    value = message.get(field)
+    if not isinstance(value, str):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"Field '{field}' is required and must be a string"
+        )
+    return value
+
+
+def optional_str(message: dict[str, Any], field: str) -> str | None:
+    value = message.get(field)
+    if value is None or isinstance(value, str):
+        return value
+    raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Field '{field}' must be a string")

@@ -1,0 +1,176 @@
+"""Run the application: one uvicorn server per surface, in one event loop, one lifespan.
+
+uvicorn runs the lifespan once per `Server`, so the servers here run with ``lifespan="off"`` and
+`Service` enters the application's lifespan itself, once. Each server's own signal capture is
+disabled: `Service` handles SIGTERM/SIGINT for all of them and shuts down in a fixed order —
+
+1. stop accepting on every port;
+2. close every WebSocket client with 1012 (service restart) after flushing what was queued;
+3. let uvicorn finish in-flight HTTP requests (bounded by SHUTDOWN_TIMEOUT);
+4. leave the lifespan: background tasks, broker, database engine.
+
+If one server fails to start (a port in use), the others are stopped and the error raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import uvicorn
+
+from app.core.config import Settings
+from app.main import create_app
+from app.realtime.manager import ConnectionManager
+from app.realtime.protocol import CloseCode
+
+logger = logging.getLogger("context_manager.server")
+
+SURFACES = ("api", "ws")
+
+
+class StartupError(RuntimeError):
+    """A server could not start (typically: its port is in use)."""
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # Signals are handled once, by Service, for every server of the process.
+        yield
+
+
+def _port(settings: Settings, surface: str) -> int:
+    return {
+        "api": settings.api_port,
+        "ws": settings.ws_port,
+        "dashboard": settings.dashboard_port,
+    }[surface]
+
+
+class Service:
+    """The running process: `await Service(settings).run()`, or `async with` in tests."""
+
+    def __init__(self, settings: Settings, surfaces: Sequence[str] = SURFACES) -> None:
+        self.settings = settings
+        self.surfaces = tuple(surfaces)
+        self.app = create_app(settings)
+        self.servers: dict[str, _Server] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lifespan: AbstractAsyncContextManager[Any] | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def manager(self) -> ConnectionManager:
+        manager: ConnectionManager = self.app.state.manager
+        return manager
+
+    def _config(self, surface: str) -> uvicorn.Config:
+        settings = self.settings
+        return uvicorn.Config(
+            self.app.state.surfaces[surface],
+            host=settings.host,
+            port=_port(settings, surface),
+            lifespan="off",
+            loop="none",
+            http="httptools",
+            # Chosen explicitly: connection.py writes pre-encoded frames to this protocol.
+            ws="websockets-sansio",
+            ws_max_size=settings.max_frame_bytes,
+            ws_ping_interval=settings.ws_ping_interval or None,
+            ws_ping_timeout=settings.ws_ping_timeout,
+            ws_per_message_deflate=False,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(max(1, settings.shutdown_timeout)),
+        )
+
+    async def start(self) -> None:
+        """Enter the lifespan and start every server; return once all listen."""
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()
+        try:
+            for surface in self.surfaces:
+                server = _Server(self._config(surface))
+                self.servers[surface] = server
+                task = asyncio.create_task(self._serve(surface, server), name=f"uvicorn-{surface}")
+                self._tasks.append(task)
+                while not server.started:
+                    if task.done():
+                        raise StartupError(
+                            f"the {surface} server could not listen on "
+                            f"{self.settings.host}:{_port(self.settings, surface)}"
+                        )
+                    await asyncio.sleep(0.01)
+        except BaseException:
+            await self.stop()
+            raise
+        for surface in self.surfaces:
+            logger.info(
+                "%s listening on http://%s:%d%s",
+                surface,
+                self.settings.host,
+                _port(self.settings, surface),
+                "/docs" if surface == "api" else "",
+            )
+
+    async def _serve(self, surface: str, server: _Server) -> None:
+        try:
+            await server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind; here it only ends this server.
+            logger.error("%s server failed to start", surface)
+        finally:
+            if not self._stop.is_set() and server.started:
+                logger.error("%s server stopped unexpectedly; stopping the service", surface)
+            self._stop.set()
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM and SIGINT do)."""
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Graceful shutdown in the order of the module docstring."""
+        self._stop.set()
+        for server in self.servers.values():
+            for listener in getattr(server, "servers", []):
+                listener.close()
+        if self._lifespan is not None and hasattr(self.app.state, "manager"):
+            await self.manager.drain(CloseCode.SERVICE_RESTART, "server shutting down")
+        for server in self.servers.values():
+            server.should_exit = True
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._lifespan is not None:
+            lifespan, self._lifespan = self._lifespan, None
+            await lifespan.__aexit__(None, None, None)
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT or a server failure, then shut down."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self.wait()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
