@@ -12,6 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,11 @@ from app.realtime.publication import Publication
 from app.realtime.stats import Stats
 
 logger = logging.getLogger("context_manager.connections")
+
+# Called with (event, agent_id, data) after agent.connected / agent.disconnected /
+# agent.heartbeat is published: how the database learns who is online without the
+# realtime core knowing about tables.
+PresenceListener = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -54,6 +60,7 @@ class ConnectionManager:
         self.permissions = Permissions()
         self.presence = AgentPresence(settings.heartbeat_interval)
         self.connections: dict[str, Connection] = {}
+        self.presence_listeners: list[PresenceListener] = []
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -169,6 +176,11 @@ class ConnectionManager:
                 await self.publish(channel, event, data)
             except Exception:  # noqa: BLE001 - presence must not break a connection
                 logger.exception("could not publish %s for %s", event, agent_id)
+        for listener in self.presence_listeners:
+            try:
+                await listener(event, agent_id, data)
+            except Exception:  # noqa: BLE001 - a listener's failure must not break a connection
+                logger.exception("presence listener failed on %s for %s", event, agent_id)
 
     # --- publishing -----------------------------------------------------------------------
 
