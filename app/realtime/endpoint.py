@@ -18,8 +18,10 @@ from urllib.parse import parse_qs
 from app.realtime.channels import check_event, is_valid_id, parse_channel
 from app.realtime.connection import Connection
 from app.realtime.frames import Frame
-from app.realtime.hub import BrokerUnavailable
+from app.realtime.history import StreamPosition
+from app.realtime.hub import BrokerUnavailable, Subscribed
 from app.realtime.manager import ConnectionManager, new_client_id
+from app.realtime.presence import presence_stats
 from app.realtime.protocol import (
     CloseCode,
     ErrorCode,
@@ -29,6 +31,7 @@ from app.realtime.protocol import (
     ack_frame,
     connected_frame,
     error_frame,
+    history_frame,
     optional_str,
     parse_message,
     pong_frame,
@@ -40,6 +43,9 @@ logger = logging.getLogger("context_manager.endpoint")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+# Most publications a `history` request returns at once (page on with `since`).
+HISTORY_LIMIT = 1000
+
 Handler = Callable[["Session", dict[str, Any], RequestId | None], Awaitable[None]]
 
 
@@ -74,6 +80,9 @@ class Session:
             MessageType.PUBLISH: Session._publish,
             MessageType.AUTH: Session._auth,
             MessageType.PING: Session._ping,
+            MessageType.HISTORY: Session._history,
+            MessageType.PRESENCE: Session._presence,
+            MessageType.PRESENCE_STATS: Session._presence_stats,
         }
 
     # --- output ---------------------------------------------------------------------------
@@ -138,14 +147,51 @@ class Session:
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"At most {self.manager.settings.max_subscriptions} subscriptions per connection",
             )
-        await self.manager.hub.subscribe(connection, channel.name)
-        self.ack(rid, {"channel": channel.name})
+        raw_since = message.get("since")
+        since = None if raw_since is None else StreamPosition.parse(raw_since)
+
+        def acknowledge(outcome: Subscribed) -> None:
+            # Runs before the replay: the ack tells the client what follows.
+            extra: dict[str, Any] = {"channel": channel.name, **outcome.position.as_dict()}
+            if outcome.recovered is not None:
+                extra["recovered"] = outcome.recovered
+                extra["replayed"] = outcome.replayed
+            self.ack(rid, extra)
+
+        await self.manager.subscribe(connection, channel.name, since, acknowledge)
 
     async def _unsubscribe(self, message: dict[str, Any], rid: RequestId | None) -> None:
         channel = parse_channel(require_str(message, "channel"))
-        if not await self.manager.hub.unsubscribe(self.connection, channel.name):
+        if not await self.manager.unsubscribe(self.connection, channel.name):
             raise ProtocolError(ErrorCode.NOT_SUBSCRIBED, f"Not subscribed to {channel.name}")
         self.ack(rid, {"channel": channel.name})
+
+    async def _history(self, message: dict[str, Any], rid: RequestId | None) -> None:
+        channel = parse_channel(require_str(message, "channel"))
+        self.manager.permissions.check_subscribe(self.connection, channel)
+        raw_since = message.get("since")
+        since = None if raw_since is None else StreamPosition.parse(raw_since)
+        limit = message.get("limit", HISTORY_LIMIT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= HISTORY_LIMIT:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"Field 'limit' must be an integer from 1 to {HISTORY_LIMIT}",
+            )
+        page = await self.manager.broker.history(channel.name, since, limit)
+        self.reply(history_frame(rid, channel.name, page), "ack")
+
+    async def _presence(self, message: dict[str, Any], rid: RequestId | None) -> None:
+        channel = parse_channel(require_str(message, "channel"))
+        self.manager.permissions.check_subscribe(self.connection, channel)
+        members = await self.manager.presence_store.members(channel.name)
+        clients = {client_id: info.as_dict() for client_id, info in members.items()}
+        self.ack(rid, {"channel": channel.name, "presence": clients})
+
+    async def _presence_stats(self, message: dict[str, Any], rid: RequestId | None) -> None:
+        channel = parse_channel(require_str(message, "channel"))
+        self.manager.permissions.check_subscribe(self.connection, channel)
+        members = await self.manager.presence_store.members(channel.name)
+        self.ack(rid, {"channel": channel.name, **presence_stats(members)})
 
     async def _publish(self, message: dict[str, Any], rid: RequestId | None) -> None:
         channel = parse_channel(require_str(message, "channel"))

@@ -3,14 +3,23 @@
 The hub is the broker's handler on this node: `handle_publication` runs once per publication,
 takes the frame encoded once, and pushes it into each subscriber's non-blocking sink. It never
 awaits a client; a client whose sink overflows closes itself (slow consumer).
+
+Subscribing is "live first, then history": the connection's publications are buffered from the
+moment it asks, the stream position (and, with `since`, the missed publications) is read from
+the broker, and then — in one step with no await — the ack, the replay, the buffered
+publications not already replayed, and the switch to live delivery happen. Nothing published
+meanwhile is lost or sent twice, whatever the broker's latency.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from app.realtime.broker.base import Broker
 from app.realtime.connection import Connection
+from app.realtime.history import StreamPosition
 from app.realtime.publication import Publication
 from app.realtime.stats import Stats
 
@@ -19,17 +28,34 @@ class BrokerUnavailable(Exception):
     """The broker could not subscribe this node to a channel."""
 
 
+@dataclass(slots=True)
+class Subscribed:
+    """The outcome of a subscribe, handed to the caller before any replayed event is sent."""
+
+    position: StreamPosition
+    # None without `since`; else whether every missed publication is replayed.
+    recovered: bool | None
+    replayed: int
+
+
 class Hub:
     def __init__(self, broker: Broker, stats: Stats) -> None:
         self._broker = broker
         self._stats = stats
         # dict as an insertion-ordered set: iteration is fast and deterministic.
         self._channels: dict[str, dict[Connection, None]] = {}
+        # Connections between "subscribe asked" and "live": their publications wait here.
+        self._buffers: dict[str, dict[Connection, list[Publication]]] = {}
         # Channels whose broker subscription is in flight: later subscribers wait on it.
         self._pending: dict[str, asyncio.Future[bool]] = {}
 
     def handle_publication(self, publication: Publication) -> None:
-        subscribers = self._channels.get(publication.channel)
+        channel = publication.channel
+        buffers = self._buffers.get(channel)
+        if buffers:
+            for pending in buffers.values():
+                pending.append(publication)
+        subscribers = self._channels.get(channel)
         if not subscribers:
             return
         frame = publication.frame
@@ -44,33 +70,91 @@ class Hub:
         stats.messages_out["event"] += delivered
         stats.delivery_rate.mark(delivered)
 
-    async def subscribe(self, connection: Connection, channel: str) -> bool:
-        """Add a subscription; False when it already existed."""
+    async def _ensure_broker_subscription(self, channel: str) -> dict[Connection, None]:
         subscribers = self._channels.get(channel)
-        if subscribers is None:
-            subscribers = self._channels[channel] = {}
-            ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._pending[channel] = ready
-            ok = False
-            try:
-                await self._broker.subscribe(channel)
-                ok = True
-            finally:
-                del self._pending[channel]
-                ready.set_result(ok)
-                if not ok and not subscribers and self._channels.get(channel) is subscribers:
-                    del self._channels[channel]
-        else:
+        if subscribers is not None:
             pending = self._pending.get(channel)
             if pending is not None and not await asyncio.shield(pending):
                 raise BrokerUnavailable(channel)
-            subscribers = self._channels.setdefault(channel, subscribers)
+            return self._channels.setdefault(channel, subscribers)
+        subscribers = self._channels[channel] = {}
+        ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending[channel] = ready
+        ok = False
+        try:
+            await self._broker.subscribe(channel)
+            ok = True
+        finally:
+            del self._pending[channel]
+            ready.set_result(ok)
+            if not ok and not subscribers and self._channels.get(channel) is subscribers:
+                del self._channels[channel]
+        return subscribers
+
+    async def subscribe(
+        self,
+        connection: Connection,
+        channel: str,
+        since: StreamPosition | None = None,
+        on_subscribed: Callable[[Subscribed], None] | None = None,
+    ) -> Subscribed:
+        """Subscribe `connection`, replaying from `since` when the history covers it.
+
+        `on_subscribed` runs right before the replay, so the ack precedes replayed events.
+        """
+        subscribers = await self._ensure_broker_subscription(channel)
         if connection in subscribers:
-            return False
-        subscribers[connection] = None
-        connection.subscriptions.add(channel)
-        self._stats.subscriptions_total += 1
-        return True
+            # Already live: nothing can have been missed, so there is nothing to replay.
+            outcome = Subscribed(await self._broker.position(channel), None, 0)
+            if on_subscribed is not None:
+                on_subscribed(outcome)
+            return outcome
+        buffers = self._buffers.setdefault(channel, {})
+        buffer: list[Publication] = []
+        buffers[connection] = buffer
+        try:
+            if since is None:
+                position = await self._broker.position(channel)
+                replay: list[Publication] = []
+                recovered: bool | None = None
+            else:
+                page = await self._broker.history(channel, since)
+                position, replay, recovered = page.position, page.publications, page.recoverable
+        except BaseException:
+            self._drop_buffer(channel, connection)
+            if not subscribers and channel not in self._pending:
+                self._channels.pop(channel, None)
+                await self._broker.unsubscribe(channel)
+            raise
+        # From here to the end: no await, so no publication can slip between the parts.
+        self._drop_buffer(channel, connection)
+        outcome = Subscribed(position, recovered, len(replay))
+        if on_subscribed is not None:
+            on_subscribed(outcome)
+        last = since.offset if since is not None and recovered else 0
+        epoch = position.epoch
+        for publication in replay:
+            connection.send(publication.frame)
+            last = publication.offset
+        for publication in buffer:
+            if publication.epoch != epoch or publication.offset > last:
+                connection.send(publication.frame)
+                last = publication.offset
+        sent = len(replay) + len(buffer)
+        if sent:
+            self._stats.messages_out["event"] += sent
+        if connection not in subscribers:
+            subscribers[connection] = None
+            connection.subscriptions.add(channel)
+            self._stats.subscriptions_total += 1
+        return outcome
+
+    def _drop_buffer(self, channel: str, connection: Connection) -> None:
+        buffers = self._buffers.get(channel)
+        if buffers is not None:
+            buffers.pop(connection, None)
+            if not buffers:
+                del self._buffers[channel]
 
     async def unsubscribe(self, connection: Connection, channel: str) -> bool:
         """Remove a subscription; False when there was none."""
@@ -79,7 +163,7 @@ class Hub:
         if subscribers is None or connection not in subscribers:
             return False
         del subscribers[connection]
-        if not subscribers and channel not in self._pending:
+        if not subscribers and channel not in self._pending and channel not in self._buffers:
             del self._channels[channel]
             await self._broker.unsubscribe(channel)
         return True

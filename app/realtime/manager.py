@@ -20,9 +20,10 @@ from app.core.config import Settings
 from app.realtime.broker.base import Broker
 from app.realtime.channels import agent_channel
 from app.realtime.connection import Connection
-from app.realtime.hub import Hub
+from app.realtime.history import StreamPosition
+from app.realtime.hub import Hub, Subscribed
 from app.realtime.permissions import Permissions
-from app.realtime.presence import AgentPresence
+from app.realtime.presence import AgentPresence, ClientInfo, MemoryPresenceStore, PresenceStore
 from app.realtime.protocol import CloseCode, now_ms
 from app.realtime.publication import Publication
 from app.realtime.stats import Stats
@@ -51,7 +52,13 @@ def new_client_id() -> str:
 
 
 class ConnectionManager:
-    def __init__(self, settings: Settings, broker: Broker, node_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        node_id: str,
+        presence_store: PresenceStore | None = None,
+    ) -> None:
         self.settings = settings
         self.node_id = node_id
         self.broker = broker
@@ -59,6 +66,7 @@ class ConnectionManager:
         self.hub = Hub(broker, self.stats)
         self.permissions = Permissions()
         self.presence = AgentPresence(settings.heartbeat_interval)
+        self.presence_store = presence_store or MemoryPresenceStore()
         self.connections: dict[str, Connection] = {}
         self.presence_listeners: list[PresenceListener] = []
         self.draining = False
@@ -75,6 +83,7 @@ class ConnectionManager:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.presence_store.close()
         await self.broker.close()
 
     async def drain(self, code: int = CloseCode.SERVICE_RESTART, reason: str = "") -> None:
@@ -125,7 +134,10 @@ class ConnectionManager:
             self.stats.close_codes[final_code] += 1
         if connection.slow:
             self.stats.slow_consumers += 1
+        channels = list(connection.subscriptions)
         await self.hub.remove(connection)
+        for channel in channels:
+            await self.presence_store.leave(channel, connection.client_id)
         if connection.agent_id is not None:
             await self._agent_left(connection.agent_id, connection, final_code)
 
@@ -133,15 +145,19 @@ class ConnectionManager:
         self, connection: Connection, agent_id: str | None, session_id: str | None
     ) -> None:
         """Change who a connection speaks for (the `auth` message), keeping presence right."""
+        changed_agent = agent_id is not None and agent_id != connection.agent_id
         if session_id is not None:
             connection.session_id = session_id
-        if agent_id is None or agent_id == connection.agent_id:
-            return
-        previous = connection.agent_id
-        connection.agent_id = agent_id
-        if previous is not None:
-            await self._agent_left(previous, connection, None)
-        await self._agent_joined(connection)
+        if changed_agent:
+            previous = connection.agent_id
+            connection.agent_id = agent_id
+            if previous is not None:
+                await self._agent_left(previous, connection, None)
+            await self._agent_joined(connection)
+        if changed_agent or session_id is not None:
+            info = self.client_info(connection)
+            for channel in list(connection.subscriptions):
+                await self.presence_store.join(channel, info)
 
     async def _agent_joined(self, connection: Connection) -> None:
         agent_id = connection.agent_id
@@ -181,6 +197,35 @@ class ConnectionManager:
                 await listener(event, agent_id, data)
             except Exception:  # noqa: BLE001 - a listener's failure must not break a connection
                 logger.exception("presence listener failed on %s for %s", event, agent_id)
+
+    # --- subscriptions --------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        connection: Connection,
+        channel: str,
+        since: StreamPosition | None = None,
+        on_subscribed: Callable[[Subscribed], None] | None = None,
+    ) -> Subscribed:
+        """Subscribe (recovering from `since`) and record the connection's channel presence."""
+        outcome = await self.hub.subscribe(connection, channel, since, on_subscribed)
+        await self.presence_store.join(channel, self.client_info(connection))
+        return outcome
+
+    async def unsubscribe(self, connection: Connection, channel: str) -> bool:
+        if not await self.hub.unsubscribe(connection, channel):
+            return False
+        await self.presence_store.leave(channel, connection.client_id)
+        return True
+
+    def client_info(self, connection: Connection) -> ClientInfo:
+        return ClientInfo(
+            connection.client_id,
+            connection.agent_id,
+            connection.session_id,
+            connection.connected_at,
+            self.node_id,
+        )
 
     # --- publishing -----------------------------------------------------------------------
 

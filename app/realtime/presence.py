@@ -1,4 +1,7 @@
-"""Agent presence on this node: which agents have open connections, and heartbeat throttling.
+"""Presence: which agents are connected (agent.* events) and who is subscribed to a channel.
+
+`AgentPresence` counts each agent's connections on this node and throttles heartbeats;
+`PresenceStore` answers the `presence` and `presence_stats` requests for a channel.
 
 An agent may hold several connections (tabs, workers). `agent.connected` is published when its
 first connection opens and `agent.disconnected` when its last one closes. A `ping` from an agent
@@ -8,6 +11,8 @@ yields `agent.heartbeat` at most once per HEARTBEAT_INTERVAL seconds per agent.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 class AgentPresence:
@@ -44,3 +49,64 @@ class AgentPresence:
     def online(self) -> dict[str, int]:
         """Agent id → number of open connections on this node."""
         return dict(self._connections)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is subscribed to a channel: one entry per connection."""
+
+    client_id: str
+    agent_id: str | None
+    session_id: str | None
+    connected_at: float
+    node_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "agent_id": self.agent_id,
+            "session_id": self.session_id,
+            "connected_at": self.connected_at,
+            "node_id": self.node_id,
+        }
+
+
+class PresenceStore(Protocol):
+    """Channel presence: who is subscribed where, across every node of the cluster."""
+
+    async def join(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def leave(self, channel: str, client_id: str) -> None: ...
+
+    async def members(self, channel: str) -> dict[str, ClientInfo]: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryPresenceStore:
+    """Presence of the single-node embedded default."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, ClientInfo]] = {}
+
+    async def join(self, channel: str, info: ClientInfo) -> None:
+        self._channels.setdefault(channel, {})[info.client_id] = info
+
+    async def leave(self, channel: str, client_id: str) -> None:
+        members = self._channels.get(channel)
+        if members is not None:
+            members.pop(client_id, None)
+            if not members:
+                del self._channels[channel]
+
+    async def members(self, channel: str) -> dict[str, ClientInfo]:
+        return dict(self._channels.get(channel, {}))
+
+    async def close(self) -> None:
+        self._channels.clear()
+
+
+def presence_stats(members: dict[str, ClientInfo]) -> dict[str, int]:
+    """Counts for `presence_stats`: connections and distinct agents."""
+    agents = {info.agent_id for info in members.values() if info.agent_id is not None}
+    return {"num_clients": len(members), "num_agents": len(agents)}

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from app.realtime.history import HistoryPage
 
 # A client-chosen request id: the seed uses strings; numbers are accepted and echoed as given.
 RequestId = str | int
@@ -45,6 +48,9 @@ class MessageType(enum.StrEnum):
     PUBLISH = "publish"
     AUTH = "auth"
     PING = "ping"
+    HISTORY = "history"
+    PRESENCE = "presence"
+    PRESENCE_STATS = "presence_stats"
 
 
 class ErrorCode(enum.StrEnum):
@@ -128,11 +134,36 @@ def error_frame(code: ErrorCode, message: str, request_id: RequestId | None = No
     return _dumps(frame)
 
 
-def event_frame(channel: str, event: str, data: Any, timestamp: int) -> str:
-    """Encode one publication; the caller shares the result with every subscriber."""
+def event_frame(
+    channel: str, event: str, data: Any, timestamp: int, offset: int, epoch: str
+) -> str:
+    """Encode one publication; the caller shares the result with every subscriber.
+
+    The seed's four keys come first and stay as they are; `offset` and `epoch` are the
+    publication's place in its channel's stream (history.py), for recovery.
+    """
     return orjson.dumps(
-        {"channel": channel, "event": event, "data": data, "timestamp": timestamp}
+        {
+            "channel": channel,
+            "event": event,
+            "data": data,
+            "timestamp": timestamp,
+            "offset": offset,
+            "epoch": epoch,
+        }
     ).decode()
+
+
+def history_frame(request_id: RequestId | None, channel: str, page: HistoryPage) -> str:
+    """The ack of a `history` request: retained publications (oldest first) and the top."""
+    frame: dict[str, Any] = {"type": "ack", "success": True, "channel": channel}
+    if request_id is not None:
+        frame["id"] = request_id
+    frame.update(page.position.as_dict())
+    frame["recovered"] = page.recoverable
+    frame["publications"] = [orjson.Fragment(p.frame.text) for p in page.publications]
+    frame["timestamp"] = now_ms()
+    return _dumps(frame)
 
 
 # --- inbound ---------------------------------------------------------------------------------

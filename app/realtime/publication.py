@@ -28,6 +28,9 @@ class Publication:
         frame = self._frame
         if frame is None:
             frame = self._frame = Frame(
-                event_frame(self.channel, self.event, self.data, self.timestamp), "event"
+                event_frame(
+                    self.channel, self.event, self.data, self.timestamp, self.offset, self.epoch
+                ),
+                "event",
             )
         return frame

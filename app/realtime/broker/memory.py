@@ -1,29 +1,93 @@
-"""The in-process broker of the embedded default: one node, delivery is a function call."""
+"""The in-process broker of the embedded default: one node, delivery is a function call.
+
+Each channel has a stream: an epoch chosen when the stream is created (so a restart means a
+new epoch), an offset counter, and a ring of retained publications trimmed by the channel
+kind's size and age (HISTORY_* settings). Streams idle for longer than their retention are
+dropped by a periodic sweep; publishing there again starts a new epoch.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import time
+
 from app.realtime.broker.base import BrokerHandler
+from app.realtime.history import (
+    HistoryPage,
+    HistoryPolicies,
+    HistoryPolicy,
+    StreamPosition,
+    new_epoch,
+    recovery_page,
+)
 from app.realtime.publication import Publication
+
+SWEEP_SECONDS = 60.0
+
+
+class _Stream:
+    __slots__ = ("epoch", "offset", "policy", "entries", "last_publish")
+
+    def __init__(self, policy: HistoryPolicy) -> None:
+        self.epoch = new_epoch()
+        self.offset = 0
+        self.policy = policy
+        # (monotonic time of publish, publication), oldest first.
+        self.entries: collections.deque[tuple[float, Publication]] = collections.deque()
+        self.last_publish = time.monotonic()
+
+    def trim(self, now: float) -> None:
+        entries = self.entries
+        while len(entries) > self.policy.size:
+            entries.popleft()
+        horizon = now - self.policy.ttl
+        while entries and entries[0][0] < horizon:
+            entries.popleft()
+
+    @property
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.offset, self.epoch)
 
 
 class MemoryBroker:
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, policies: HistoryPolicies) -> None:
         self._node_id = node_id
+        self._policies = policies
         self._handler: BrokerHandler | None = None
         self._channels: set[str] = set()
-        self._offsets: dict[str, int] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, handler: BrokerHandler) -> None:
         self._handler = handler
+        self._sweeper = asyncio.create_task(self._sweep(), name="memory-broker-sweep")
 
     async def close(self) -> None:
         self._handler = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def _stream(self, channel: str) -> _Stream:
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = _Stream(self._policies.for_channel(channel))
+        return stream
 
     async def publish(self, publication: Publication) -> Publication:
-        offset = self._offsets.get(publication.channel, 0) + 1
-        self._offsets[publication.channel] = offset
-        publication.offset = offset
+        stream = self._stream(publication.channel)
+        stream.offset += 1
+        publication.offset = stream.offset
+        publication.epoch = stream.epoch
         publication.origin = self._node_id
+        now = time.monotonic()
+        stream.last_publish = now
+        if stream.policy.size:
+            stream.entries.append((now, publication))
+            stream.trim(now)
         handler = self._handler
         if handler is not None and publication.channel in self._channels:
             handler.handle_publication(publication)
@@ -34,6 +98,32 @@ class MemoryBroker:
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
+
+    async def history(
+        self, channel: str, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        stream = self._stream(channel)
+        stream.trim(time.monotonic())
+        page = recovery_page([p for _, p in stream.entries], stream.position, since)
+        if limit is not None and len(page.publications) > limit:
+            # Oldest first: a client pages forward with `since` = the last offset it got.
+            page.publications = page.publications[:limit]
+        return page
+
+    async def position(self, channel: str) -> StreamPosition:
+        return self._stream(channel).position
+
+    def _sweep_once(self, now: float) -> None:
+        for channel in list(self._streams):
+            stream = self._streams[channel]
+            stream.trim(now)
+            if not stream.entries and now - stream.last_publish > max(stream.policy.ttl, 3600):
+                del self._streams[channel]
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            self._sweep_once(time.monotonic())
 
     @property
     def healthy(self) -> bool:
