@@ -73,6 +73,19 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds to flush and close clients on SIGTERM."
     )
 
+    # --- history and recovery (per channel kind: size in publications, ttl in seconds) -----
+    history_global_size: int = Field(1000, ge=0, description="Publications kept on `global`.")
+    history_global_ttl: float = Field(3600, gt=0, description="Seconds `global` history is kept.")
+    history_agents_size: int = Field(1000, ge=0, description="Kept per `agents/*` channel.")
+    history_agents_ttl: float = Field(
+        86400, gt=0, description="Seconds `agents/*` history is kept."
+    )
+    history_sessions_size: int = Field(1000, ge=0, description="Kept per `sessions/*` channel.")
+    history_sessions_ttl: float = Field(86400, gt=0, description="Seconds `sessions/*` is kept.")
+    history_topics_size: int = Field(100, ge=0, description="Kept per `topics/*` channel.")
+    history_topics_ttl: float = Field(300, gt=0, description="Seconds `topics/*` history is kept.")
+    history_metrics_ttl: float = Field(60, gt=0, description="`metrics` keeps its latest update.")
+
     # --- background tasks -------------------------------------------------------------------
     metrics_interval: float = Field(5.0, gt=0, description="Seconds between metric.update events.")
 
