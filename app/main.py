@@ -5,6 +5,7 @@ maps each port to the ASGI app that serves it:
 
     "api"  → this FastAPI app          (REST, /docs, /health with the database)
     "ws"   → WebSocketSurface          (WebSocket at / and /ws, /health, /stats)
+    "dashboard" → DashboardSurface     (/dashboard, /live, the browser client; /api in-process)
 
 All surfaces share what the lifespan builds: one database engine, one broker, one
 ConnectionManager. `app.server.Service` runs the lifespan once and one uvicorn server per port.
@@ -23,6 +24,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.api.routes import health
 from app.core.config import Settings
+from app.dashboard import DashboardSurface
 from app.db.engine import create_engine, create_sessionmaker
 from app.realtime.broker import create_broker
 from app.realtime.http import WebSocketSurface
@@ -65,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(health.router)
-    surfaces: dict[str, Any] = {"api": app, "ws": WebSocketSurface(app)}
+    surfaces: dict[str, Any] = {
+        "api": app,
+        "ws": WebSocketSurface(app),
+        "dashboard": DashboardSurface(app),
+    }
     app.state.surfaces = surfaces
     return app

@@ -31,7 +31,7 @@ from app.realtime.protocol import CloseCode
 
 logger = logging.getLogger("context_manager.server")
 
-SURFACES = ("api", "ws")
+SURFACES = ("api", "ws", "dashboard")
 
 
 class StartupError(RuntimeError):

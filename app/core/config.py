@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     # --- background tasks -------------------------------------------------------------------
     metrics_interval: float = Field(5.0, gt=0, description="Seconds between metric.update events.")
 
+    # --- dashboard (what its pages connect to; by default this host's ports) ----------------
+    dashboard_ws_url: str | None = Field(
+        None, description="WebSocket URL for the dashboard (behind a proxy); default WS_PORT."
+    )
+    dashboard_api_url: str | None = Field(
+        None, description="REST API base the dashboard uses; default its own origin (/api)."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str) -> str:
