@@ -1,0 +1,255 @@
+"""The tables, shared by the REST API, the WebSocket server, the bridge and the metrics task.
+
+Ids are strings: a client may choose one (an agent's id is its name on the WebSocket, a session's
+id is what agents pass as ``session_id``); otherwise the API generates ``<kind>_<uuid hex>``.
+``session_id`` and ``agent_id`` on tasks, messages and actions are routing keys, not foreign keys:
+an agent may be addressed before it ever registers, as on the WebSocket.
+
+`events` is the transactional outbox: rows are appended by database triggers (see the
+migration) on every insert or update of tasks, subtasks and messages, in the writer's own
+transaction, whoever the writer is. Its increasing id is the event's global offset.
+
+Every column the API filters or sorts on has an index named here; the migration creates the
+same ones and `alembic check` proves they agree.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import func, text
+
+from app.db.types import JSONValue, UTCDateTime, utcnow
+
+ID_LENGTH = 128
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SessionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class AgentStatus(enum.StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class TaskStatus(enum.StrEnum):
+    """The lifecycle of a task and of a subtask; the last three are terminal."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def _stamped() -> Mapped[datetime]:
+    """A NOT NULL timestamp defaulting to now, in Python and for raw SQL inserts alike."""
+    return mapped_column(UTCDateTime, default=utcnow, server_default=func.now())
+
+
+def _in(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Session(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(
+        String(16), default=SessionStatus.ACTIVE.value, server_default=text("'active'")
+    )
+    started_at: Mapped[datetime] = _stamped()
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    metadata_: Mapped[Any] = mapped_column("metadata", JSONValue, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", SessionStatus), name="status"),
+        Index("ix_sessions_started_at", "started_at", "id"),
+        Index("ix_sessions_status", "status", "started_at"),
+    )
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(
+        String(16), default=AgentStatus.OFFLINE.value, server_default=text("'offline'")
+    )
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    metadata_: Mapped[Any] = mapped_column("metadata", JSONValue, nullable=True)
+    created_at: Mapped[datetime] = _stamped()
+    updated_at: Mapped[datetime] = _stamped()
+
+    __table_args__ = (
+        CheckConstraint(_in("status", AgentStatus), name="status"),
+        Index("ix_agents_created_at", "created_at", "id"),
+        Index("ix_agents_status", "status", "created_at"),
+        Index("ix_agents_last_seen", "last_seen"),
+    )
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    agent_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    title: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(
+        String(16), default=TaskStatus.PENDING.value, server_default=text("'pending'")
+    )
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    payload: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    result: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _stamped()
+    updated_at: Mapped[datetime] = _stamped()
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", TaskStatus), name="status"),
+        Index("ix_tasks_created_at", "created_at", "id"),
+        Index("ix_tasks_status", "status", "created_at"),
+        Index("ix_tasks_agent_id", "agent_id", "created_at"),
+        Index("ix_tasks_session_id", "session_id", "created_at"),
+        # Metrics: tasks finished in the last hour, by status.
+        Index("ix_tasks_completed_at", "completed_at", "status"),
+    )
+
+
+class Subtask(Base):
+    __tablename__ = "subtasks"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    task_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("tasks.id", ondelete="CASCADE")
+    )
+    agent_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    title: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(
+        String(16), default=TaskStatus.PENDING.value, server_default=text("'pending'")
+    )
+    payload: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    result: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _stamped()
+    updated_at: Mapped[datetime] = _stamped()
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", TaskStatus), name="status"),
+        Index("ix_subtasks_task_id", "task_id", "created_at", "id"),
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    from_agent: Mapped[str] = mapped_column(String(ID_LENGTH))
+    to_agent: Mapped[str] = mapped_column(String(ID_LENGTH))
+    session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    content: Mapped[str] = mapped_column(Text)
+    data: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    created_at: Mapped[datetime] = _stamped()
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set once by the TTL sweeper; its trigger writes the one message.expired event.
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_messages_created_at", "created_at", "id"),
+        # The inbox: ?to_agent=…&unread=true, oldest first.
+        Index("ix_messages_to_agent", "to_agent", "read_at", "created_at"),
+        Index("ix_messages_from_agent", "from_agent", "created_at"),
+        Index("ix_messages_session_id", "session_id", "created_at"),
+        # The TTL sweeper: not yet expired, expiry due.
+        Index("ix_messages_expiry", "expired_at", "expires_at"),
+        # Metrics: unread and not expired.
+        Index("ix_messages_unread", "read_at", "expired_at"),
+    )
+
+
+class Action(Base):
+    __tablename__ = "actions"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    created_at: Mapped[datetime] = _stamped()
+
+    __table_args__ = (
+        # Metrics: actions in the last minute.
+        Index("ix_actions_created_at", "created_at"),
+        Index("ix_actions_agent_id", "agent_id", "created_at"),
+        Index("ix_actions_session_id", "session_id", "created_at"),
+    )
+
+
+class Event(Base):
+    """One row of the outbox, written by the triggers; read by the bridge in id order."""
+
+    __tablename__ = "events"
+
+    # SQLite only auto-increments INTEGER PRIMARY KEY; AUTOINCREMENT forbids reusing an id
+    # after the newest rows are deleted, which would make the bridge skip events.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event: Mapped[str] = mapped_column(String(64))
+    entity: Mapped[str] = mapped_column(String(16))
+    entity_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    session_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    agent_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    data: Mapped[Any] = mapped_column(JSONValue, nullable=False)
+    created_at: Mapped[datetime] = _stamped()
+
+    __table_args__ = (
+        # Metrics: events in the last minute.
+        Index("ix_events_created_at", "created_at"),
+        Index("ix_events_entity_id", "entity_id"),
+        {"sqlite_autoincrement": True},
+    )
