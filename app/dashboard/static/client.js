@@ -445,15 +445,22 @@ export class RealtimeClient {
     const sub = this._subscriptions.get(channel);
     if (!sub) return;
     const message = { type: "subscribe", channel };
-    const position = this._positions.get(channel);
-    // Recovery: ask for what was missed since the last event seen (issue: offsets and epochs).
-    if (this.options.recover && position) message.since = { offset: position.offset, epoch: position.epoch };
+    const position = this.options.recover ? this._positions.get(channel) : null;
+    // Recovery: ask for what was missed since the last position seen; the server replays it
+    // right after the ack, or answers recovered:false when its history cannot cover the gap.
+    if (position && typeof position.epoch === "string") {
+      message.since = { offset: position.offset, epoch: position.epoch };
+    }
     this.request(message)
       .then((ack) => {
         if (this._subscriptions.get(channel) !== sub) return;
         sub.confirmed = true;
         sub.ack = ack;
-        if (position && ack.recovered !== undefined) {
+        const top = typeof ack.offset === "number" ? { offset: ack.offset, epoch: ack.epoch ?? null } : null;
+        // Start from the stream's top when there was nothing to recover from, or when the gap
+        // could not be recovered; after a successful recovery the replayed events advance it.
+        if (top && (!message.since || ack.recovered === false)) this._positions.set(channel, top);
+        if (message.since && ack.recovered !== undefined) {
           this._emit("recovery", { channel, recovered: ack.recovered === true, ack });
         }
         for (const w of sub.waiters.splice(0)) {
