@@ -127,7 +127,7 @@ class Session:
         except ProtocolError as exc:
             if exc.code in (ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE) and rid is None:
                 stats.messages_in["invalid"] += 1
-            self.error(exc.code, exc.message, rid)
+            self.error(exc.code, exc.message, rid if rid is not None else exc.request_id)
         except BrokerUnavailable:
             self.error(ErrorCode.INTERNAL, "Broker unavailable, try again", rid)
         except Exception:

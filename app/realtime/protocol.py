@@ -101,10 +101,12 @@ class CloseCode(enum.IntEnum):
 class ProtocolError(Exception):
     """A client message we answer with an error frame; the connection goes on."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, request_id: RequestId | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # The request's `id` when it was read before the message was refused (echoed back).
+        self.request_id = request_id
 
 
 def _dumps(obj: dict[str, Any]) -> str:
@@ -180,7 +182,9 @@ def parse_message(text: str) -> dict[str, Any]:
     kind = message.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, "Field 'type' is required and must be a string"
+            ErrorCode.INVALID_MESSAGE,
+            "Field 'type' is required and must be a string",
+            request_id(message),
         )
     return message
 
