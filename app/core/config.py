@@ -36,6 +36,17 @@ class Settings(BaseSettings):
         "auto", description="Fan-out between nodes; auto = redis when REDIS_URL is set."
     )
     node_id: str | None = Field(None, description="Name of this node; random when unset.")
+    broker_prefix: str = Field(
+        "cm",
+        pattern=r"^[A-Za-z0-9_.:-]{1,40}$",
+        description="Namespace of the broker's Redis keys / PostgreSQL rows; one per cluster.",
+    )
+    node_heartbeat_interval: float = Field(
+        5.0, gt=0, description="Seconds between a node's cluster heartbeats (Redis presence)."
+    )
+    node_ttl: float = Field(
+        15.0, gt=0, description="A node silent this long is dead: its agents are disconnected."
+    )
 
     # --- logging ----------------------------------------------------------------------------
     log_level: str = Field("info", description="debug, info, warning, error.")
