@@ -8,13 +8,17 @@ use it without FastAPI, SQLAlchemy or pydantic installed.
 
 from app.client.backoff import Backoff, event_matcher, should_reconnect
 from app.client.realtime import ConnectionState, Event, RealtimeClient, RealtimeError, StateChange
+from app.client.rest import ApiError, Page, RestClient
 
 __all__ = [
+    "ApiError",
     "Backoff",
     "ConnectionState",
     "Event",
+    "Page",
     "RealtimeClient",
     "RealtimeError",
+    "RestClient",
     "StateChange",
     "event_matcher",
     "should_reconnect",
