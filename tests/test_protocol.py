@@ -521,3 +521,42 @@ async def test_errors_between_good_messages_keep_order(
         (5, "ack"),
         (6, "NOT_SUBSCRIBED"),
     ]
+
+
+async def test_data_nested_too_deeply_is_refused_whoever_listens(
+    service: Service, ws_client: ClientFactory
+) -> None:
+    """orjson encodes at most 254 levels: deeper data must be refused, not fail in fan-out."""
+    client = await ws_client(service)
+    observer = await observer_of(service, ws_client)
+
+    def publish(channel: str, depth: int, rid: str) -> str:
+        data = "[" * depth + "]" * depth
+        return (
+            f'{{"type":"publish","channel":"{channel}","event":"a.b","id":"{rid}","data":{data}}}'
+        )
+
+    # With a subscriber and without one, the same answer: INVALID_MESSAGE, nothing delivered.
+    await expect_error(client, observer, publish("topics/x", 300, "d1"), "INVALID_MESSAGE", "d1")
+    await expect_error(client, observer, publish("topics/z", 300, "d2"), "INVALID_MESSAGE", "d2")
+    assert "INTERNAL" not in service.manager.stats.errors
+    # Reasonable nesting goes through.
+    await client.send(publish("topics/x", 50, "d3"))
+    assert (await client.recv())["id"] == "d3"
+    event = await observer.next_event("a.b")
+    assert orjson.dumps(event["data"]) == ("[" * 50 + "]" * 50).encode()
+
+
+def test_nesting_limit_boundary() -> None:
+    from app.realtime.protocol import MAX_NESTING, ErrorCode, ProtocolError, parse_message
+
+    def message(depth: int) -> str:  # the message object itself is one level
+        lists = depth - 1
+        return '{"type":"publish","id":"n","data":' + "[" * lists + "]" * lists + "}"
+
+    assert parse_message(message(MAX_NESTING))["type"] == "publish"
+    with pytest.raises(ProtocolError) as info:
+        parse_message(message(MAX_NESTING + 1))
+    assert info.value.code is ErrorCode.INVALID_MESSAGE and info.value.request_id == "n"
+    # Brackets inside strings do not count as nesting.
+    assert parse_message('{"type":"ping","data":"' + "[" * 500 + '"}')["type"] == "ping"

@@ -171,6 +171,24 @@ def history_frame(request_id: RequestId | None, channel: str, page: HistoryPage)
 # --- inbound ---------------------------------------------------------------------------------
 
 
+# Deepest nesting of arrays and objects accepted in a client message. orjson encodes at most 254
+# levels: anything deeper would be accepted here and then fail in fan-out or history.
+MAX_NESTING = 128
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def parse_message(text: str) -> dict[str, Any]:
     """Decode one client frame into a dict with a valid `type`, or raise ProtocolError."""
     try:
@@ -184,6 +202,15 @@ def parse_message(text: str) -> dict[str, Any]:
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,
             "Field 'type' is required and must be a string",
+            request_id(message),
+        )
+    # Counting brackets is cheap and rules out almost every message before the exact walk.
+    if text.count("[") + text.count("{") > MAX_NESTING and _nested_deeper_than(
+        message, MAX_NESTING
+    ):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"Message is nested deeper than {MAX_NESTING} levels",
             request_id(message),
         )
     return message
