@@ -7,9 +7,15 @@ async def test_publish_reaches_subscriber(
     service = await start_service()
     a = await ws_client(service)
     b = await ws_client(service)
-    await b.subscribe("global")
+    await b.subscribe("topics/t")
     ack = await a.request(
-        {"type": "publish", "channel": "global", "event": "note.added", "data": {"x": 1}, "id": "p"}
+        {
+            "type": "publish",
+            "channel": "topics/t",
+            "event": "note.added",
+            "data": {"x": 1},
+            "id": "p",
+        }
     )
     assert ack["success"] is True
     event = await b.next_event("note.added")

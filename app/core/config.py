@@ -7,10 +7,11 @@ nothing in the package reads the environment at import time.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./context-manager.db"
 
@@ -84,6 +85,37 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds to flush and close clients on SIGTERM."
     )
 
+    # --- trust: authentication, origins (docs/security.md) --------------------------------
+    auth_mode: Literal["open", "token"] | None = Field(
+        None, description="open (default on loopback) or token (default on any other HOST)."
+    )
+    allow_open_exposed: bool = Field(
+        False, description="Allow AUTH_MODE=open on a non-loopback HOST (not recommended)."
+    )
+    secret_key: SecretStr | None = Field(None, description="HS256 signing key, 32+ characters.")
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = Field(
+        "HS256", description="Token algorithm."
+    )
+    jwt_public_key: str | None = Field(None, description="PEM (or path) verifying RS256/ES256.")
+    jwt_private_key: SecretStr | None = Field(None, description="PEM (or path) for minting RS/ES.")
+    jwt_leeway: float = Field(5.0, ge=0, description="Clock skew tolerated on exp, in seconds.")
+    auth_timeout: float = Field(
+        10.0, gt=0, description="Token mode: seconds a connection has to authenticate."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser Origins allowed (WebSocket handshake and CORS); empty = any.",
+    )
+
+    # --- limits (docs/security.md) ---------------------------------------------------------
+    max_connections: int = Field(10_000, gt=0, description="Open WebSocket connections per node.")
+    max_connections_per_ip: int = Field(1000, gt=0, description="Per client address.")
+    publish_rate: float = Field(100.0, gt=0, description="Publishes per second per connection.")
+    publish_burst: int = Field(200, gt=0, description="Publish burst above the rate.")
+    message_rate: float = Field(500.0, gt=0, description="Client messages per second, any type.")
+    message_burst: int = Field(1000, gt=0, description="Message burst above the rate.")
+    max_request_bytes: int = Field(1024 * 1024, gt=0, description="Largest REST request body.")
+
     # --- history and recovery (per channel kind: size in publications, ttl in seconds) -----
     history_global_size: int = Field(1000, ge=0, description="Publications kept on `global`.")
     history_global_ttl: float = Field(3600, gt=0, description="Seconds `global` history is kept.")
@@ -99,6 +131,24 @@ class Settings(BaseSettings):
 
     # --- background tasks -------------------------------------------------------------------
     metrics_interval: float = Field(5.0, gt=0, description="Seconds between metric.update events.")
+    migrate_on_start: bool | None = Field(
+        None, description="Apply migrations on start; unset = only on SQLite (embedded default)."
+    )
+    message_sweep_interval: float = Field(
+        1.0, gt=0, description="Seconds between sweeps that expire messages past their TTL."
+    )
+    bridge_batch: int = Field(
+        500, gt=0, le=10_000, description="Outbox rows the bridge reads per query."
+    )
+    bridge_poll_interval: float = Field(
+        1.0, gt=0, description="Bridge re-reads the outbox at least this often (other writers)."
+    )
+    bridge_reconnect_max_delay: float = Field(
+        5.0, gt=0, description="Cap of the bridge's LISTEN reconnect backoff, in seconds."
+    )
+    agent_flush_interval: float = Field(
+        2.0, gt=0, description="Seconds between batched writes of agents' last_seen."
+    )
 
     # --- dashboard (what its pages connect to; by default this host's ports) ----------------
     dashboard_ws_url: str | None = Field(
@@ -107,6 +157,36 @@ class Settings(BaseSettings):
     dashboard_api_url: str | None = Field(
         None, description="REST API base the dashboard uses; default its own origin (/api)."
     )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """ALLOWED_ORIGINS may be a JSON list or a comma-separated string."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_trust(self) -> Settings:
+        """Pick the auth mode for HOST and refuse unsafe combinations, saying why."""
+        if self.auth_mode is None:
+            self.auth_mode = "open" if self.is_loopback else "token"
+        if self.auth_mode == "open" and not self.is_loopback and not self.allow_open_exposed:
+            raise ValueError(
+                f"refusing AUTH_MODE=open on HOST={self.host}: anyone who can reach the port "
+                "could act as any agent. Use AUTH_MODE=token with SECRET_KEY, or set "
+                "ALLOW_OPEN_EXPOSED=true to accept the risk."
+            )
+        if self.auth_mode == "token":
+            if self.jwt_algorithm == "HS256":
+                key = self.secret_key.get_secret_value() if self.secret_key else ""
+                if len(key) < 32:
+                    raise ValueError("AUTH_MODE=token needs SECRET_KEY of at least 32 characters")
+            elif not self.jwt_public_key:
+                raise ValueError(f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PUBLIC_KEY")
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -133,6 +213,13 @@ class Settings(BaseSettings):
     @property
     def is_postgres(self) -> bool:
         return self.database_url.startswith("postgresql")
+
+    @property
+    def migrates_on_start(self) -> bool:
+        """MIGRATE_ON_START, or by default: yes for SQLite, no for a shared PostgreSQL."""
+        if self.migrate_on_start is not None:
+            return self.migrate_on_start
+        return not self.is_postgres
 
     @property
     def is_loopback(self) -> bool:

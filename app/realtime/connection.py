@@ -23,7 +23,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from app.core.security import Identity, Role
 from app.realtime.frames import Frame
+from app.realtime.limits import TokenBucket
 from app.realtime.protocol import CloseCode
 
 logger = logging.getLogger("context_manager.connection")
@@ -231,6 +233,11 @@ class Connection:
         "sink",
         "close_code",
         "slow",
+        "role",
+        "authenticated",
+        "expires_at",
+        "publish_bucket",
+        "message_bucket",
         "__weakref__",
     )
 
@@ -241,17 +248,30 @@ class Connection:
         agent_id: str | None,
         session_id: str | None,
         remote: str,
+        role: Role | None = None,
+        authenticated: bool = True,
+        expires_at: float | None = None,
     ) -> None:
         self.client_id = client_id
         self.agent_id = agent_id
         self.session_id = session_id
         self.remote = remote
+        # Open mode: an agent when it names one, else an observer (the dashboard's role).
+        self.role = role or (Role.AGENT if agent_id else Role.DASHBOARD)
+        self.authenticated = authenticated
+        self.expires_at = expires_at  # Unix time the token expires (token mode)
+        self.publish_bucket: TokenBucket | None = None
+        self.message_bucket: TokenBucket | None = None
         self.subscriptions: set[str] = set()
         self.connected_at = time.time()
         self.last_seen = time.monotonic()
         self.sink: Sink | None = None
         self.close_code: int | None = None
         self.slow = False
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.agent_id, self.session_id, self.role, self.expires_at)
 
     def attach(self, send: AsgiSend, max_messages: int, max_bytes: int) -> None:
         """Choose the sink for an accepted connection (see module docstring)."""

@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from app.core.security import Role, TokenError, bearer_token
 from app.realtime.channels import check_event, is_valid_id, parse_channel
 from app.realtime.connection import Connection
 from app.realtime.frames import Frame
 from app.realtime.history import StreamPosition
 from app.realtime.hub import BrokerUnavailable, Subscribed
+from app.realtime.limits import TokenBucket
 from app.realtime.manager import ConnectionManager, new_client_id
 from app.realtime.presence import presence_stats
 from app.realtime.protocol import (
@@ -43,15 +45,24 @@ logger = logging.getLogger("context_manager.endpoint")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+# What an unauthenticated connection (token mode) may send.
+_BEFORE_AUTH = frozenset({MessageType.AUTH, MessageType.PING})
+
 # Most publications a `history` request returns at once (page on with `since`).
 HISTORY_LIMIT = 1000
 
 Handler = Callable[["Session", dict[str, Any], RequestId | None], Awaitable[None]]
 
 
-def _query_identity(query_string: bytes) -> tuple[dict[str, str], list[str]]:
-    """agent_id / session_id from the query string, and the names of invalid ones."""
-    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=False)
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _query_identity(query: dict[str, list[str]]) -> tuple[dict[str, str], list[str]]:
+    """Open mode: agent_id / session_id from the query string, and the names of invalid ones."""
     identity: dict[str, str] = {}
     invalid: list[str] = []
     for key in ("agent_id", "session_id"):
@@ -104,29 +115,36 @@ class Session:
     async def handle(self, text: str) -> None:
         """Answer one client frame."""
         stats = self.manager.stats
+        connection = self.connection
+        bucket = connection.message_bucket
+        if bucket is not None and not bucket.take():
+            stats.messages_in["rate_limited"] += 1
+            self.error(ErrorCode.RATE_LIMITED, "Too many messages, slow down")
+            return
         if len(text) > self._max_message or (
             len(text) * 4 > self._max_message and len(text.encode()) > self._max_message
         ):
             stats.messages_in["invalid"] += 1
-            self.error(
-                ErrorCode.MESSAGE_TOO_LARGE,
-                f"Message exceeds {self._max_message} bytes",
-            )
+            self.error(ErrorCode.MESSAGE_TOO_LARGE, f"Message exceeds {self._max_message} bytes")
             return
         rid: RequestId | None = None
+        kind = "invalid"
         try:
             message = parse_message(text)
-            kind = message["type"]
-            handler = self._handlers.get(kind)
             rid = request_id(message)
+            handler = self._handlers.get(message["type"])
             if handler is None:
-                stats.messages_in["unknown"] += 1
-                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type {kind[:40]!r}")
-            stats.messages_in[kind] += 1
+                kind = "unknown"
+                raise ProtocolError(
+                    ErrorCode.UNKNOWN_TYPE, f"Unknown message type {message['type'][:40]!r}"
+                )
+            kind = message["type"]
+            if not connection.authenticated and kind not in _BEFORE_AUTH:
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED, 'Authenticate first: {"type": "auth", "token": ...}'
+                )
             await handler(self, message, rid)
         except ProtocolError as exc:
-            if exc.code in (ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE) and rid is None:
-                stats.messages_in["invalid"] += 1
             self.error(exc.code, exc.message, rid if rid is not None else exc.request_id)
         except BrokerUnavailable:
             self.error(ErrorCode.INTERNAL, "Broker unavailable, try again", rid)
@@ -134,6 +152,8 @@ class Session:
             ref = secrets.token_hex(4)
             logger.exception("internal error handling a message (ref %s)", ref)
             self.error(ErrorCode.INTERNAL, f"Internal error (ref {ref})", rid)
+        finally:
+            stats.messages_in[kind] += 1
 
     async def _subscribe(self, message: dict[str, Any], rid: RequestId | None) -> None:
         channel = parse_channel(require_str(message, "channel"))
@@ -197,19 +217,53 @@ class Session:
         channel = parse_channel(require_str(message, "channel"))
         event = check_event(require_str(message, "event"))
         self.manager.permissions.check_publish(self.connection, channel, event)
+        bucket = self.connection.publish_bucket
+        if bucket is not None and not bucket.take():
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "Too many publishes, slow down")
         publication = await self.manager.publish(channel.name, event, message.get("data"))
         self.ack(rid, {"channel": channel.name, "offset": publication.offset})
 
     async def _auth(self, message: dict[str, Any], rid: RequestId | None) -> None:
-        agent_id = optional_str(message, "agent_id")
-        session_id = optional_str(message, "session_id")
-        for field, value in (("agent_id", agent_id), ("session_id", session_id)):
-            if value is not None and not is_valid_id(value):
-                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Field '{field}' is not a valid id")
-        await self.manager.set_identity(self.connection, agent_id, session_id)
+        manager = self.manager
+        connection = self.connection
+        if manager.tokens is not None:
+            token = optional_str(message, "token")
+            if token is None:
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, "Field 'token' is required")
+            try:
+                identity = manager.tokens.verify(token)
+            except TokenError as exc:
+                self.error(ErrorCode.UNAUTHORIZED, str(exc), rid)
+                code = CloseCode.TOKEN_EXPIRED if exc.expired else CloseCode.INVALID_TOKEN
+                await connection.close(code, str(exc), manager.settings.shutdown_timeout)
+                return
+            if connection.authenticated and identity.agent_id != connection.agent_id:
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN, "A token for another agent cannot be used here"
+                )
+            connection.role = identity.role
+            connection.expires_at = identity.expires_at
+            connection.authenticated = True
+            await manager.set_identity(connection, identity.agent_id, identity.session_id)
+        else:
+            agent_id = optional_str(message, "agent_id")
+            session_id = optional_str(message, "session_id")
+            for field, value in (("agent_id", agent_id), ("session_id", session_id)):
+                if value is not None and not is_valid_id(value):
+                    raise ProtocolError(
+                        ErrorCode.INVALID_MESSAGE, f"Field '{field}' is not a valid id"
+                    )
+            await manager.set_identity(connection, agent_id, session_id)
+            if connection.agent_id is not None:
+                connection.role = Role.AGENT
         self.ack(
             rid,
-            {"agent_id": self.connection.agent_id, "session_id": self.connection.session_id},
+            {
+                "agent_id": connection.agent_id,
+                "session_id": connection.session_id,
+                "role": connection.role.value,
+                "expires_at": connection.expires_at,
+            },
         )
 
     async def _ping(self, message: dict[str, Any], rid: RequestId | None) -> None:
@@ -231,19 +285,51 @@ async def websocket_endpoint(
         return
 
     settings = manager.settings
-    identity, invalid = _query_identity(scope.get("query_string", b""))
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     client = scope.get("client") or ("unknown", 0)
-    connection = Connection(
-        new_client_id(),
-        agent_id=identity.get("agent_id"),
-        session_id=identity.get("session_id"),
-        remote=str(client[0]),
-    )
+    remote = str(client[0])
+    refusal = manager.admission(remote, _header(scope, b"origin"))
     await send({"type": "websocket.accept"})
+    # The refusals below happen after accept so that the client sees a close code and reason.
+    if refusal is not None:
+        code, reason = refusal
+        manager.stats.connections_rejected[reason] += 1
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+        return
+
+    notices: list[str] = []
+    if settings.auth_mode == "token":
+        token = (query.get("token") or [None])[-1] or bearer_token(_header(scope, b"authorization"))
+        connection = Connection(new_client_id(), agent_id=None, session_id=None, remote=remote)
+        connection.authenticated = False
+        if token is not None:
+            try:
+                identity_ = manager.tokens.verify(token) if manager.tokens else None
+            except TokenError as exc:
+                code = CloseCode.TOKEN_EXPIRED if exc.expired else CloseCode.INVALID_TOKEN
+                manager.stats.connections_rejected[str(exc)] += 1
+                await send({"type": "websocket.close", "code": code, "reason": str(exc)})
+                return
+            if identity_ is not None:
+                connection.agent_id = identity_.agent_id
+                connection.session_id = identity_.session_id
+                connection.role = identity_.role
+                connection.expires_at = identity_.expires_at
+                connection.authenticated = True
+    else:
+        identity, notices = _query_identity(query)
+        connection = Connection(
+            new_client_id(),
+            agent_id=identity.get("agent_id"),
+            session_id=identity.get("session_id"),
+            remote=remote,
+        )
     connection.attach(send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
+    connection.publish_bucket = TokenBucket(settings.publish_rate, settings.publish_burst)
+    connection.message_bucket = TokenBucket(settings.message_rate, settings.message_burst)
     session = Session(manager, connection)
     session.reply(connected_frame(connection.client_id), "connected")
-    for name in invalid:
+    for name in notices:
         session.error(
             ErrorCode.INVALID_MESSAGE, f"Query parameter '{name}' is not a valid id; ignored"
         )

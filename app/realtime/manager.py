@@ -8,6 +8,7 @@ It owns the hub (fan-out), agent presence, the idle sweeper, the counters behind
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import secrets
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.core.config import Settings
+from app.core.security import TokenCodec
 from app.realtime.broker.base import Broker
 from app.realtime.channels import agent_channel
 from app.realtime.connection import Connection
@@ -69,6 +71,8 @@ class ConnectionManager:
         self.presence_store = presence_store or MemoryPresenceStore()
         self.connections: dict[str, Connection] = {}
         self.presence_listeners: list[PresenceListener] = []
+        self.tokens = TokenCodec(settings) if settings.auth_mode == "token" else None
+        self._per_address: collections.Counter[str] = collections.Counter()
         self.draining = False
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -98,29 +102,55 @@ class ConnectionManager:
             logger.info("closing %d connection(s) with %d", len(closing), code)
             await asyncio.gather(*closing, return_exceptions=True)
 
+    def _due_closes(self) -> list[tuple[Connection, CloseCode, str]]:
+        """Connections to close now: idle, never authenticated in time, or token expired."""
+        settings = self.settings
+        idle_before = time.monotonic() - settings.ws_idle_timeout
+        now = time.time()
+        due = []
+        for connection in self.connections.values():
+            if connection.close_code is not None:
+                continue
+            if connection.last_seen < idle_before:
+                due.append((connection, CloseCode.IDLE_TIMEOUT, "idle timeout"))
+            elif (
+                not connection.authenticated
+                and now - connection.connected_at > settings.auth_timeout
+            ):
+                due.append((connection, CloseCode.INVALID_TOKEN, "authentication timeout"))
+            elif (
+                connection.expires_at is not None
+                and connection.expires_at + settings.jwt_leeway < now
+            ):
+                due.append((connection, CloseCode.TOKEN_EXPIRED, "token expired"))
+        return due
+
     async def _sweep_idle(self) -> None:
-        """Close connections that sent nothing for WS_IDLE_TIMEOUT seconds."""
-        timeout = self.settings.ws_idle_timeout
-        period = min(1.0, timeout / 4)
+        """Once a second (or faster for short timeouts): close what `_due_closes` finds."""
+        period = min(1.0, self.settings.ws_idle_timeout / 4, self.settings.auth_timeout / 4)
         while True:
             await asyncio.sleep(period)
-            deadline = time.monotonic() - timeout
-            idle = [
-                c
-                for c in self.connections.values()
-                if c.last_seen < deadline and c.close_code is None
-            ]
-            for connection in idle:
-                asyncio.create_task(
-                    connection.close(
-                        CloseCode.IDLE_TIMEOUT, "idle timeout", self.settings.shutdown_timeout
-                    )
-                )
+            for connection, code, reason in self._due_closes():
+                connection.close_code = code
+                asyncio.create_task(connection.close(code, reason, self.settings.shutdown_timeout))
+
+    def admission(self, remote: str, origin: str | None) -> tuple[int, str] | None:
+        """Why a new connection must be refused (close code, reason), or None."""
+        settings = self.settings
+        allowed = settings.allowed_origins
+        if allowed and origin is not None and origin.rstrip("/") not in allowed:
+            return CloseCode.FORBIDDEN, "origin not allowed"
+        if len(self.connections) >= settings.max_connections:
+            return CloseCode.CONNECTION_LIMIT, "too many connections"
+        if self._per_address[remote] >= settings.max_connections_per_ip:
+            return CloseCode.CONNECTION_LIMIT, "too many connections from this address"
+        return None
 
     # --- connections ----------------------------------------------------------------------
 
     async def connect(self, connection: Connection) -> None:
         self.connections[connection.client_id] = connection
+        self._per_address[connection.remote] += 1
         self.stats.connections_opened += 1
         if connection.agent_id is not None:
             await self._agent_joined(connection)
@@ -128,6 +158,11 @@ class ConnectionManager:
     async def disconnect(self, connection: Connection, code: int | None) -> None:
         if self.connections.pop(connection.client_id, None) is None:
             return
+        remaining = self._per_address[connection.remote] - 1
+        if remaining > 0:
+            self._per_address[connection.remote] = remaining
+        else:
+            del self._per_address[connection.remote]
         self.stats.connections_closed += 1
         final_code = connection.close_code if connection.close_code is not None else code
         if final_code is not None:
