@@ -51,7 +51,40 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         _add_server_options(commands.add_parser(name, help=text, description=text))
+    _add_token_command(commands)
     return parser
+
+
+def _add_token_command(commands: Any) -> None:
+    token = commands.add_parser("token", help="mint access tokens (AUTH_MODE=token)")
+    actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="print a signed token",
+        description="Print a token signed with SECRET_KEY (or JWT_PRIVATE_KEY).",
+    )
+    create.add_argument("--agent", required=True, help="agent id (the token's subject)")
+    create.add_argument(
+        "--role", default="agent", choices=["agent", "dashboard", "admin"], help="default agent"
+    )
+    create.add_argument("--session", help="session id the agent works in")
+    create.add_argument("--ttl", type=float, default=3600, help="seconds of validity (3600)")
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from app.core.security import Role, TokenCodec, TokenError
+
+    # Minting needs only the key: do not insist on AUTH_MODE=token for this process.
+    settings = Settings(auth_mode="open", allow_open_exposed=True)
+    try:
+        token = TokenCodec(settings).create(
+            args.agent, role=Role(args.role), ttl=args.ttl, session_id=args.session
+        )
+    except TokenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -119,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)
         return 2
+    if args.command == "token":
+        return _token_create(args)
     if args.command in SERVE_COMMANDS:
         return _run(SERVE_COMMANDS[args.command], settings)
     parser.error(f"unknown command {args.command}")

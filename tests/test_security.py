@@ -326,3 +326,43 @@ async def test_message_rate_limit(start_service: ServiceFactory, ws_client: Clie
         frame = await client.recv()
         codes.append(frame.get("code", frame.get("type")))
     assert codes.count("pong") == 5 and codes.count("RATE_LIMITED") == 3
+
+
+def test_cli_mints_a_token_the_server_accepts() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SECRET_KEY": SECRET}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "token",
+            "create",
+            "--agent",
+            "cli-agent",
+            "--role",
+            "dashboard",
+            "--ttl",
+            "120",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    settings = Settings(_env_file=None, auth_mode="token", secret_key=SECRET)  # type: ignore[call-arg]
+    identity = TokenCodec(settings).verify(out.stdout.strip())
+    assert (identity.agent_id, identity.role) == ("cli-agent", Role.DASHBOARD)
+    assert identity.expires_at is not None and identity.expires_at - time.time() <= 121
+    missing = subprocess.run(
+        [sys.executable, "-m", "app.cli", "token", "create", "--agent", "x"],
+        env={k: v for k, v in env.items() if k != "SECRET_KEY"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode == 2 and "no signing key" in missing.stderr
