@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -99,7 +98,13 @@ def _sqlite_value(column: str, kind: str, row: str = "NEW") -> str:
     if kind == "json":
         return f"CASE WHEN json_valid({ref}) THEN json({ref}) ELSE {ref} END"
     if kind == "time":
-        return f"strftime('%Y-%m-%dT%H:%M:%fZ', {ref})"
+        # Cut the stored text rather than strftime('%f'), which rounds: the API truncates to
+        # milliseconds, and the event must show the same value.
+        return (
+            f"CASE WHEN length({ref}) >= 23 "
+            f"THEN substr({ref}, 1, 10) || 'T' || substr({ref}, 12, 12) || 'Z' "
+            f"ELSE strftime('%Y-%m-%dT%H:%M:%fZ', {ref}) END"
+        )
     return ref
 
 

@@ -1,0 +1,65 @@
+"""Dependencies of the routes, as `Annotated` aliases; all read from the app's state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Path, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.realtime.channels import ID_PATTERN
+from app.realtime.manager import ConnectionManager
+
+if TYPE_CHECKING:
+    from app.bridge import Bridge
+    from app.db.agents import AgentRecorder
+    from app.metrics import MetricsTask
+
+
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    """A database session for one request; closed (rolled back if uncommitted) after it."""
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+def get_manager(request: Request) -> ConnectionManager:
+    manager: ConnectionManager = request.app.state.manager
+    return manager
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_bridge(request: Request) -> Bridge:
+    bridge: Bridge = request.app.state.bridge
+    return bridge
+
+
+def get_agents(request: Request) -> AgentRecorder:
+    agents: AgentRecorder = request.app.state.agents
+    return agents
+
+
+def get_metrics(request: Request) -> MetricsTask:
+    metrics: MetricsTask = request.app.state.metrics
+    return metrics
+
+
+DbDep = Annotated[AsyncSession, Depends(get_db)]
+ManagerDep = Annotated[ConnectionManager, Depends(get_manager)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BridgeDep = Annotated["Bridge", Depends(get_bridge)]
+AgentsDep = Annotated["AgentRecorder", Depends(get_agents)]
+MetricsDep = Annotated["MetricsTask", Depends(get_metrics)]
+
+# Path ids follow the channel id grammar: anything else cannot exist, and is a 422.
+PathId = Annotated[str, Path(pattern=f"^{ID_PATTERN}$", examples=["task_0f8e…"])]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page (default 50, max 500).")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=1000, description="`next_cursor` of the previous page."),
+]

@@ -1,0 +1,57 @@
+"""API errors with a stable `code` beside the human `detail`.
+
+    404 NOT_FOUND                 unknown id in the path
+    409 ALREADY_EXISTS            POST with an id that is taken
+    409 ILLEGAL_TRANSITION        a status change the lifecycle forbids
+    409 FINISHED                  a change to a finished task / ended session
+    409 MESSAGE_EXPIRED           reading a message past its TTL
+    422 INVALID_CURSOR            a `cursor` this API did not hand out
+    422 INVALID_CHANNEL / INVALID_EVENT   POST /api/events (the WebSocket protocol's codes)
+
+FastAPI's own 422 (request validation) keeps its standard `detail` list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.api.schemas import ErrorBody
+
+
+class ApiError(Exception):
+    """Raised by a route; answered as ``{"detail": …, "code": …}`` with `status`."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def not_found(kind: str, ident: str) -> ApiError:
+    return ApiError(404, "NOT_FOUND", f"{kind} {ident} not found")
+
+
+async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer ApiError with its status and body."""
+    app.add_exception_handler(ApiError, _handle)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for the error statuses a route can return."""
+    described = {
+        404: "Unknown id.",
+        409: "The change conflicts with the current state.",
+    }
+    return {
+        status: {"model": ErrorBody, "description": described.get(status, "Error.")}
+        for status in statuses
+    }

@@ -1,0 +1,56 @@
+"""POST /api/events: a server-side publish to any valid channel (Centrifugo's publish API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.deps import ManagerDep
+from app.api.schemas import EventPublish, EventPublished
+from app.realtime.channels import check_event, parse_channel
+from app.realtime.protocol import ProtocolError
+
+router = APIRouter(prefix="/api/events", tags=["events"])
+
+_INVALID_EXAMPLE = {
+    "detail": [{"loc": ["body", "channel"], "msg": "Invalid channel", "type": "INVALID_CHANNEL"}],
+    "code": "INVALID_CHANNEL",
+}
+
+
+@router.post(
+    "",
+    response_model=EventPublished,
+    responses={
+        422: {
+            "description": "Invalid body; a channel or event outside the grammar carries the "
+            "WebSocket protocol's code (INVALID_CHANNEL, INVALID_EVENT).",
+            "content": {"application/json": {"example": _INVALID_EXAMPLE}},
+        }
+    },
+)
+async def publish_event(body: EventPublish, manager: ManagerDep) -> Any:
+    """Publish `event` with `data` on `channel`; returns the publication's offset."""
+    try:
+        channel = parse_channel(body.channel)
+    except ProtocolError as exc:
+        return _invalid("channel", exc)
+    try:
+        event = check_event(body.event)
+    except ProtocolError as exc:
+        return _invalid("event", exc)
+    publication = await manager.publish(channel.name, event, body.data)
+    return EventPublished(
+        channel=channel.name,
+        event=event,
+        offset=publication.offset,
+        timestamp=publication.timestamp,
+    )
+
+
+def _invalid(field: str, exc: ProtocolError) -> JSONResponse:
+    # The shape of FastAPI's own 422 (so one schema covers both), plus the protocol's code.
+    detail = [{"loc": ["body", field], "msg": exc.message, "type": exc.code.value}]
+    return JSONResponse({"detail": detail, "code": exc.code.value}, status_code=422)

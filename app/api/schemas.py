@@ -1,0 +1,377 @@
+"""Request and response bodies of the REST API, with the examples shown at /docs.
+
+Inputs forbid unknown fields (a typo is a 422, not a silent no-op). Strings may not carry NUL
+characters or lone surrogates and JSON values may not hold NaN or Infinity: PostgreSQL refuses
+all of them, and the API answers 422 rather than letting the database fail with a 500.
+Timestamps are ISO 8601 UTC strings with milliseconds, as in the events' data.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
+
+from app.db.models import AgentStatus, SessionStatus, TaskStatus
+from app.realtime.channels import ID_PATTERN
+
+MAX_JSON_DEPTH = 32
+
+
+def iso_ms(value: datetime) -> str:
+    """2026-01-30T12:00:00.000Z: the timestamp format of the API and of the events."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clean_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def check_json(value: Any, depth: int = 0) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        clean_text(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("JSON numbers must be finite")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            clean_text(key)
+            check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, depth + 1)
+
+
+def _valid_json(value: Any) -> Any:
+    check_json(value)
+    return value
+
+
+Id = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
+Text = Annotated[str, AfterValidator(clean_text)]
+Name = Annotated[Text, StringConstraints(min_length=1, max_length=200)]
+Title = Annotated[Text, StringConstraints(min_length=1, max_length=500)]
+LongText = Annotated[Text, StringConstraints(max_length=100_000)]
+Kind = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
+JsonValue = Annotated[Any, AfterValidator(_valid_json)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_valid_json)]
+Priority = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+Timestamp = Annotated[datetime, PlainSerializer(iso_ms, return_type=str, when_used="json")]
+
+T = TypeVar("T")
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list, oldest first; pass `next_cursor` back as `cursor` for the next."""
+
+    items: list[T]
+    next_cursor: str | None = Field(
+        None, description="Opaque; null on the last page.", examples=["WyIyMDI2LTAxLTMwIiwieCJd"]
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every 404 and 409 (and the publish endpoint's 422) carries a message and a stable code."""
+
+    detail: str = Field(examples=["Task task_123 not found"])
+    code: str = Field(examples=["NOT_FOUND"])
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+class SessionCreate(Input):
+    id: Id | None = Field(None, description="Chosen by the client, or generated.")
+    name: Name | None = None
+    metadata: JsonObject | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": "abc123", "name": "Release 1.4"}]}
+    )
+
+
+class SessionUpdate(Input):
+    status: SessionStatus | None = Field(
+        None, description="`ended` ends the session (for good: it cannot become active again)."
+    )
+    name: Name | None = None
+    metadata: JsonObject | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ended"}]})
+
+
+class SessionOut(BaseModel):
+    id: str
+    name: str | None
+    status: SessionStatus
+    started_at: Timestamp
+    ended_at: Timestamp | None
+    metadata: Any = None
+
+
+# --- agents ----------------------------------------------------------------------------------
+
+
+class AgentCreate(Input):
+    id: Id = Field(description="The agent's id, as it connects: `?agent_id=…`.")
+    name: Name | None = None
+    kind: Kind | None = Field(None, description="What sort of agent: e.g. `backend-laravel`.")
+    metadata: JsonObject | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": "backend-laravel", "name": "Laravel backend", "kind": "coder"}]
+        }
+    )
+
+
+class AgentOut(BaseModel):
+    id: str
+    name: str | None
+    kind: str | None
+    status: AgentStatus = Field(description="online while it has a live WebSocket connection.")
+    online: bool
+    connections: int = Field(description="Open WebSocket connections on this node.")
+    last_seen: Timestamp | None
+    metadata: Any = None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+# --- tasks and subtasks ----------------------------------------------------------------------
+
+
+class TaskCreate(Input):
+    id: Id | None = Field(None, description="Chosen by the client, or generated (`task_…`).")
+    title: Title
+    description: LongText | None = None
+    session_id: Id | None = None
+    agent_id: Id | None = Field(None, description="The assignee.")
+    priority: Priority = 0
+    payload: JsonValue = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Add the login endpoint",
+                    "session_id": "abc123",
+                    "agent_id": "backend-laravel",
+                    "priority": 2,
+                    "payload": {"ticket": "APP-12"},
+                }
+            ]
+        }
+    )
+
+
+class TaskUpdate(Input):
+    status: TaskStatus | None = Field(
+        None,
+        description="pending → in_progress → completed | failed | cancelled; "
+        "finished tasks do not change.",
+    )
+    result: JsonValue = None
+    error: LongText | None = None
+    title: Title | None = None
+    description: LongText | None = None
+    agent_id: Id | None = None
+    priority: Priority | None = None
+    payload: JsonValue = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "in_progress"},
+                {"status": "completed", "result": {"pr": 42}},
+                {"status": "failed", "error": "tests do not pass"},
+            ]
+        }
+    )
+
+
+class TaskOut(BaseModel):
+    id: str
+    session_id: str | None
+    agent_id: str | None
+    title: str
+    description: str | None
+    status: TaskStatus
+    priority: int
+    payload: Any = None
+    result: Any = None
+    error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+
+
+class SubtaskCreate(Input):
+    id: Id | None = Field(None, description="Chosen by the client, or generated (`subtask_…`).")
+    title: Title
+    description: LongText | None = None
+    agent_id: Id | None = None
+    payload: JsonValue = None
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"title": "Write the migration", "agent_id": "db-agent"}]}
+    )
+
+
+class SubtaskUpdate(Input):
+    status: TaskStatus | None = None
+    result: JsonValue = None
+    error: LongText | None = None
+    title: Title | None = None
+    description: LongText | None = None
+    agent_id: Id | None = None
+    payload: JsonValue = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "completed"}]})
+
+
+class SubtaskOut(BaseModel):
+    id: str
+    task_id: str
+    agent_id: str | None
+    title: str
+    description: str | None
+    status: TaskStatus
+    payload: Any = None
+    result: Any = None
+    error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+
+
+# --- messages and actions --------------------------------------------------------------------
+
+
+class MessageCreate(Input):
+    id: Id | None = Field(None, description="Chosen by the client, or generated (`msg_…`).")
+    from_agent: Id
+    to_agent: Id
+    content: LongText
+    data: JsonValue = None
+    session_id: Id | None = None
+    ttl_seconds: int | None = Field(
+        None, ge=1, le=30 * 24 * 3600, description="Expire (message.expired) after this long."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "from_agent": "planner",
+                    "to_agent": "backend-laravel",
+                    "content": "Hello!",
+                    "ttl_seconds": 3600,
+                }
+            ]
+        }
+    )
+
+
+class MessageOut(BaseModel):
+    id: str
+    from_agent: str
+    to_agent: str
+    session_id: str | None
+    content: str
+    data: Any = None
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    read_at: Timestamp | None
+    expired_at: Timestamp | None
+
+
+class ActionCreate(Input):
+    id: Id | None = Field(None, description="Chosen by the client, or generated (`act_…`).")
+    agent_id: Id
+    session_id: Id | None = None
+    kind: Kind = Field(description="What the agent did: `tool_call`, `file_edit`, …")
+    detail: JsonValue = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"agent_id": "backend-laravel", "kind": "file_edit", "detail": {"path": "a.php"}}
+            ]
+        }
+    )
+
+
+class ActionOut(BaseModel):
+    id: str
+    agent_id: str
+    session_id: str | None
+    kind: str
+    detail: Any = None
+    created_at: Timestamp
+
+
+# --- server-side publish and metrics ---------------------------------------------------------
+
+
+class EventPublish(Input):
+    channel: str = Field(max_length=200, examples=["topics/deployments"])
+    event: str = Field(max_length=200, examples=["deploy.started"])
+    data: JsonValue = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"channel": "topics/deployments", "event": "deploy.started", "data": {"v": "1.4"}}
+            ]
+        }
+    )
+
+
+class EventPublished(BaseModel):
+    channel: str
+    event: str
+    offset: int = Field(description="The publication's offset in its channel.")
+    timestamp: int = Field(description="Milliseconds since the Unix epoch.")
+
+
+class MetricsSnapshot(BaseModel):
+    """The KPI snapshot: GET /api/metrics, and the data of `metric.update` on `metrics`."""
+
+    active_sessions: int
+    active_agents: int
+    connected_clients: int = Field(description="WebSocket connections on this node.")
+    actions_per_minute: float
+    tasks_by_status: dict[str, int]
+    tasks_completed_last_hour: int
+    tasks_failed_last_hour: int
+    failure_rate: float = Field(description="failed / (completed + failed), last hour; 0 if none.")
+    mean_task_duration_seconds: float | None = Field(
+        description="Mean of completed_at − (started_at or created_at), tasks completed last hour."
+    )
+    unread_messages: int
+    events_per_second: float = Field(description="Outbox events per second, last minute.")
+    timestamp: str

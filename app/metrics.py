@@ -1,0 +1,156 @@
+"""KPIs: one snapshot per METRICS_INTERVAL per node, published as `metric.update` on `metrics`.
+
+The snapshot is computed once per interval whatever the number of listeners, and GET
+/api/metrics returns the latest one. It must stay cheap on large tables: every query is an
+index lookup, either bounded by a time window (the last minute, the last hour) or counting a
+small set (active sessions, online agents). Two counts are over whole tables by nature —
+tasks by status and unread messages — and read only narrow indexes (`ix_tasks_status`,
+`ix_messages_unread`). `bench/metrics_cost.py` measures the whole snapshot on a million rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, cast, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.api.schemas import iso_ms
+from app.db.models import Action, Agent, AgentStatus, Event, Message, Session, Task, TaskStatus
+from app.db.types import utcnow
+from app.realtime.manager import ConnectionManager
+
+logger = logging.getLogger("context_manager.metrics")
+
+METRICS_CHANNEL = "metrics"
+METRICS_EVENT = "metric.update"
+
+
+def _seconds_between(connection: AsyncConnection, start: Any, end: Any) -> ColumnElement[Any]:
+    if connection.dialect.name == "postgresql":
+        return func.extract("epoch", end - start)
+    return cast((func.julianday(end) - func.julianday(start)) * 86400.0, Float)
+
+
+async def compute_snapshot(
+    engine: AsyncEngine, connected_clients: int = 0, live_agents: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """One KPI snapshot from the database, plus this node's live connections."""
+    now = utcnow()
+    minute_ago = now - timedelta(minutes=1)
+    hour_ago = now - timedelta(hours=1)
+    async with engine.connect() as db:
+        active_sessions = await db.scalar(
+            select(func.count()).select_from(Session).where(Session.status == "active")
+        )
+        online_ids = set(
+            (await db.scalars(select(Agent.id).where(Agent.status == AgentStatus.ONLINE))).all()
+        )
+        actions = await db.scalar(
+            select(func.count()).select_from(Action).where(Action.created_at >= minute_ago)
+        )
+        by_status = {status.value: 0 for status in TaskStatus}
+        for status, count in (
+            await db.execute(select(Task.status, func.count()).group_by(Task.status))
+        ).all():
+            by_status[status] = int(count)
+        duration = _seconds_between(
+            db, func.coalesce(Task.started_at, Task.created_at), Task.completed_at
+        )
+        finished: dict[str, tuple[int, float | None]] = {}
+        for status, count, mean in (
+            await db.execute(
+                select(Task.status, func.count(), func.avg(duration))
+                .where(Task.completed_at >= hour_ago)
+                .group_by(Task.status)
+            )
+        ).all():
+            finished[status] = (int(count), float(mean) if mean is not None else None)
+        unread = await db.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.read_at.is_(None), Message.expired_at.is_(None))
+        )
+        events = await db.scalar(
+            select(func.count()).select_from(Event).where(Event.created_at >= minute_ago)
+        )
+    completed, mean_duration = finished.get(TaskStatus.COMPLETED, (0, None))
+    failed = finished.get(TaskStatus.FAILED, (0, None))[0]
+    return {
+        "active_sessions": int(active_sessions or 0),
+        "active_agents": len(online_ids | live_agents),
+        "connected_clients": connected_clients,
+        "actions_per_minute": float(actions or 0),
+        "tasks_by_status": by_status,
+        "tasks_completed_last_hour": completed,
+        "tasks_failed_last_hour": failed,
+        "failure_rate": round(failed / (completed + failed), 4) if completed + failed else 0.0,
+        "mean_task_duration_seconds": round(mean_duration, 3)
+        if mean_duration is not None
+        else None,
+        "unread_messages": int(unread or 0),
+        "events_per_second": round((events or 0) / 60.0, 3),
+        "timestamp": iso_ms(now),
+    }
+
+
+class MetricsTask:
+    """This node's metrics loop, and the latest snapshot for GET /api/metrics."""
+
+    def __init__(self, engine: AsyncEngine, manager: ConnectionManager, interval: float) -> None:
+        self.engine = engine
+        self.manager = manager
+        self.interval = interval
+        self.computed = 0  # snapshots computed by this node
+        self.last_duration = 0.0  # seconds the last snapshot took
+        self._latest: dict[str, Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def refresh(self) -> dict[str, Any]:
+        """Compute a snapshot now and keep it as the latest."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            snapshot = await compute_snapshot(
+                self.engine,
+                connected_clients=len(self.manager.connections),
+                live_agents=frozenset(self.manager.presence.online()),
+            )
+            self.last_duration = loop.time() - started
+            self.computed += 1
+            self._latest = snapshot
+            return snapshot
+
+    async def latest(self) -> dict[str, Any]:
+        """The latest snapshot (computed now when there is none yet)."""
+        return self._latest if self._latest is not None else await self.refresh()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                snapshot = await self.refresh()
+                await self.manager.publish(METRICS_CHANNEL, METRICS_EVENT, snapshot)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - skip this tick, try the next one
+                logger.exception("metrics snapshot failed")
+            # A fixed cadence: a slow snapshot shortens the pause instead of drifting.
+            next_at = max(next_at + self.interval, loop.time())
+            await asyncio.sleep(next_at - loop.time())
