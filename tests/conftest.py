@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +211,60 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if IN_CI:
         lines.append("CI=true: tests that need a missing service fail instead of skipping")
     return lines
+
+
+# --- multi-node: a migrated PostgreSQL database of this run's own ------------------------------
+
+
+async def _create_database(admin_url: str, name: str, drop: bool = False) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(admin_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        if drop:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def _migrate(url: str) -> None:
+    from app.db.engine import create_engine
+    from app.db.migrate import migrate
+
+    engine = create_engine(Settings(database_url=url).database_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+def _run_apart(coroutine: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run `coroutine(*args)` in its own loop and thread (a fixture may sit in a running loop)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(coroutine(*args))).result()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url() -> Iterator[str]:
+    """A fresh database on TEST_POSTGRES_URL's server, migrated to head, dropped at the end.
+
+    Tests that need the schema (the PostgreSQL broker, nodes running on PostgreSQL) use it
+    instead of the shared `test` database, so they never race another test's schema changes.
+    """
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    base = _require_service("TEST_POSTGRES_URL", 5432, "PostgreSQL")
+    name = f"cm_test_{os.getpid()}_{secrets.token_hex(3)}"
+    parts = urlsplit(base)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    _run_apart(_create_database, base, name)
+    try:
+        _run_apart(_migrate, url)
+        yield url
+    finally:
+        _run_apart(_create_database, base, name, True)

@@ -1,0 +1,465 @@
+"""The PostgreSQL broker: LISTEN/NOTIFY between nodes, tables for offsets and history.
+
+For teams whose only engine is PostgreSQL (BROKER=postgres). Tables in app/db/broker_models.py
+(migration 0002), rows under the cluster's namespace (BROKER_PREFIX).
+
+Publishing is one SQL statement (data-modifying CTEs, autocommit): bump the channel's row in
+`broker_streams` (creating it, with a new epoch, when missing), insert the publication into
+`broker_publications`, and `pg_notify` the namespace's channel. The row lock taken on the
+stream row is held until commit, so a second publication on the same channel gets its offset
+only after the first committed; NOTIFYs are delivered in commit order; hence every node sees a
+channel's publications in offset order, with no gaps.
+
+NOTIFY carries at most 8000 bytes. A publication whose payload fits travels inline as
+``"<offset> <epoch> <channel>\\n<payload>"``; a larger one travels as ``"#<id> <channel>"`` and
+each node reads the row by id (a publication is never truncated). Rows are kept for a grace
+period beyond the history policy so that a node can still fetch them.
+
+Every node LISTENs on one notification channel per namespace with a dedicated connection
+(asyncpg) and filters by the channels it subscribes to — a dict lookup before any decoding.
+So "subscribing a node to a channel" costs nothing on the server; the price is that every
+node receives every publication of the cluster, which is fine for the sizes a PostgreSQL-only
+team runs. Like the Redis broker, a node's own publications come back through NOTIFY (one
+order for all nodes), and after a lost connection the node reconnects with capped, jittered
+backoff, LISTENs again, and wins back what it missed from the table (resume.py).
+
+History rows are trimmed by a periodic cleanup (every CLEANUP_SECONDS on one node at a time,
+under a transaction-scoped advisory lock); reads apply the size and age limits themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.realtime.broker.base import BrokerHandler
+from app.realtime.broker.resume import DeliveryTracker
+from app.realtime.history import (
+    HistoryPage,
+    HistoryPolicies,
+    StreamPosition,
+    new_epoch,
+    recovery_page,
+)
+from app.realtime.hub import BrokerUnavailable
+from app.realtime.publication import Publication
+
+logger = logging.getLogger("context_manager.broker.postgres")
+
+CONNECT_TIMEOUT = 5.0
+# The LISTEN connection runs a trivial query this often; a failure means it is gone.
+PING_INTERVAL = 5.0
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 2.0
+CLEANUP_SECONDS = 30.0
+# Rows past the history limits are kept this long, so nodes can fetch large payloads by id.
+FETCH_GRACE_SECONDS = 60
+# Largest payload sent inline: NOTIFY's limit is 8000 bytes, minus the header.
+INLINE_LIMIT = 7600
+STREAM_MIN_TTL = 3600
+CLEANUP_LOCK = 0x636D6263  # "cmbc"
+
+PUBLISH_SQL = """
+WITH s AS (
+    INSERT INTO broker_streams AS bs (namespace, channel, epoch, top_offset, updated_at)
+    VALUES ($1, $2, $3, 1, now())
+    ON CONFLICT (namespace, channel)
+    DO UPDATE SET top_offset = bs.top_offset + 1, updated_at = now()
+    RETURNING top_offset, epoch
+), p AS (
+    INSERT INTO broker_publications (namespace, channel, epoch, "offset", payload)
+    SELECT $1, $2, s.epoch, s.top_offset, $4 FROM s
+    RETURNING id, "offset", epoch
+)
+SELECT p."offset", p.epoch, pg_notify(
+    $5,
+    CASE WHEN octet_length($4) <= $6
+        THEN p."offset" || ' ' || p.epoch || ' ' || $2 || E'\\n' || $4
+        ELSE '#' || p.id || ' ' || $2
+    END
+) FROM p
+"""
+
+# One statement, one snapshot: the stream's top and what follows `since` (never past the top).
+HISTORY_SQL = """
+WITH s AS (
+    SELECT top_offset, epoch FROM broker_streams WHERE namespace = $1 AND channel = $2
+)
+SELECT s.top_offset, s.epoch, p."offset", p.payload
+FROM s LEFT JOIN LATERAL (
+    SELECT "offset", payload FROM broker_publications
+    WHERE namespace = $1 AND channel = $2 AND epoch = s.epoch
+      AND "offset" > GREATEST($3::bigint, s.top_offset - $4::bigint)
+      AND "offset" <= s.top_offset
+      AND created_at > now() - make_interval(secs => $5::float8)
+    ORDER BY "offset"
+    LIMIT $6
+) p ON $7::bool AND ($8::text IS NULL OR $8::text = s.epoch)
+ORDER BY p."offset"
+"""
+
+CREATE_STREAM_SQL = """
+INSERT INTO broker_streams (namespace, channel, epoch) VALUES ($1, $2, $3)
+ON CONFLICT (namespace, channel) DO NOTHING
+"""
+
+FETCH_SQL = """
+SELECT "offset", epoch, payload FROM broker_publications WHERE id = $1
+"""
+
+# Per channel kind: ($2 size, $3 ttl) for global, agents, sessions, topics; metrics keeps 1.
+_KIND_CASE = """
+CASE split_part({col}, '/', 1)
+    WHEN 'global' THEN {g} WHEN 'metrics' THEN {m} WHEN 'agents' THEN {a}
+    WHEN 'sessions' THEN {s} ELSE {t}
+END"""
+
+CLEANUP_SQL = f"""
+WITH expired AS (
+    DELETE FROM broker_publications p
+    USING broker_streams s
+    WHERE p.namespace = $1 AND s.namespace = $1 AND p.channel = s.channel
+      AND p.created_at < now() - make_interval(secs => {FETCH_GRACE_SECONDS})
+      AND (
+        p.epoch <> s.epoch
+        OR p."offset" <= s.top_offset
+            - {_KIND_CASE.format(col="p.channel", g="$2", m="1", a="$3", s="$4", t="$5")}
+        OR p.created_at < now() - make_interval(secs =>
+            {_KIND_CASE.format(col="p.channel", g="$6", m="$7", a="$8", s="$9", t="$10")})
+      )
+    RETURNING 1
+), orphans AS (
+    DELETE FROM broker_publications p
+    WHERE p.namespace = $1
+      AND p.created_at < now() - make_interval(secs => {FETCH_GRACE_SECONDS})
+      AND NOT EXISTS (
+        SELECT 1 FROM broker_streams s WHERE s.namespace = $1 AND s.channel = p.channel
+      )
+    RETURNING 1
+), idle AS (
+    DELETE FROM broker_streams s
+    WHERE s.namespace = $1
+      AND s.updated_at < now() - make_interval(secs => GREATEST({STREAM_MIN_TTL},
+            {_KIND_CASE.format(col="s.channel", g="$6", m="$7", a="$8", s="$9", t="$10")}))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM expired) + (SELECT count(*) FROM orphans)
+     + (SELECT count(*) FROM idle)
+"""
+
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The SQLAlchemy URL (postgresql+asyncpg://) as a DSN asyncpg accepts."""
+    for prefix in ("postgresql+asyncpg://", "postgres+asyncpg://"):
+        if database_url.startswith(prefix):
+            return "postgresql://" + database_url[len(prefix) :]
+    return database_url
+
+
+def notify_channel(namespace: str) -> str:
+    return f"cm_broker_{namespace}"
+
+
+def encode_payload(publication: Publication) -> str:
+    return orjson.dumps(
+        [publication.event, publication.data, publication.timestamp, publication.origin]
+    ).decode()
+
+
+def decode_payload(channel: str, payload: str, offset: int, epoch: str) -> Publication:
+    event, data, timestamp, origin = orjson.loads(payload)
+    return Publication(channel, event, data, timestamp, offset, epoch, origin)
+
+
+async def purge_namespace(database_url: str, namespace: str) -> None:
+    """Delete every stream and publication of `namespace` (what losing the broker's data is)."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=CONNECT_TIMEOUT)
+    try:
+        async with connection.transaction():
+            await connection.execute("DELETE FROM broker_streams WHERE namespace = $1", namespace)
+            await connection.execute(
+                "DELETE FROM broker_publications WHERE namespace = $1", namespace
+            )
+    finally:
+        await connection.close()
+
+
+class PostgresBroker:
+    """Broker over PostgreSQL alone (see the module docstring)."""
+
+    def __init__(
+        self, node_id: str, policies: HistoryPolicies, database_url: str, namespace: str = "cm"
+    ) -> None:
+        self._node_id = node_id
+        self._policies = policies
+        self._dsn = asyncpg_dsn(database_url)
+        self._namespace = namespace
+        self._notify_channel = notify_channel(namespace)
+        self._channels: set[str] = set()
+        self._tracker = DeliveryTracker()
+        self._pool: asyncpg.Pool | None = None
+        self._listen_connection: asyncpg.Connection | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._cleaner: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._lost: asyncio.Event = asyncio.Event()
+        self._healthy = False
+        # Notifications waiting behind a fetch by id, so that delivery stays in order.
+        self._queue: collections.deque[str] = collections.deque()
+        self._drainer: asyncio.Task[None] | None = None
+        self.reconnects = 0
+        self.recovered_after_reconnect = 0
+        self.last_outage_seconds = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, handler: BrokerHandler) -> None:
+        self._tracker.bind(handler)
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=1, max_size=5, timeout=CONNECT_TIMEOUT, command_timeout=10
+        )
+        self._listener = asyncio.create_task(self._listen(), name="postgres-broker-listener")
+        self._cleaner = asyncio.create_task(self._cleanup_loop(), name="postgres-broker-cleanup")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
+        if not self._healthy:
+            logger.warning("PostgreSQL LISTEN is not established yet; retrying in the background")
+
+    async def close(self) -> None:
+        self._tracker.bind(None)
+        for task in (self._listener, self._cleaner, self._drainer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._cleaner = self._drainer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise BrokerUnavailable("the PostgreSQL broker is not started")
+        return self._pool
+
+    # --- the listener -----------------------------------------------------------------------
+
+    def _on_notification(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        if self._queue or payload.startswith("#"):
+            # Behind (or itself) a fetch by id: keep the order, hand over to the drainer.
+            self._queue.append(payload)
+            if self._drainer is None or self._drainer.done():
+                self._drainer = asyncio.create_task(self._drain(), name="postgres-broker-fetch")
+            return
+        self._deliver_inline(payload)
+
+    def _deliver_inline(self, payload: str) -> None:
+        header, _, body = payload.partition("\n")
+        offset, epoch, channel = header.split(" ", 2)
+        if channel not in self._channels:
+            return
+        try:
+            publication = decode_payload(channel, body, int(offset), epoch)
+        except Exception:  # noqa: BLE001 - not one of ours
+            logger.warning("undecodable notification on %s", self._notify_channel)
+            return
+        self._tracker.deliver(publication)
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            payload = queue[0]
+            try:
+                if payload.startswith("#"):
+                    ident, _, channel = payload[1:].partition(" ")
+                    if channel in self._channels:
+                        row = await self._require_pool().fetchrow(FETCH_SQL, int(ident))
+                        if row is not None:
+                            self._tracker.deliver(
+                                decode_payload(channel, row["payload"], row["offset"], row["epoch"])
+                            )
+                else:
+                    self._deliver_inline(payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the reconnect's catch-up fills the hole
+                logger.exception("could not fetch a publication (%s)", payload[:40])
+            queue.popleft()
+
+    def _on_termination(self, connection: Any) -> None:
+        self._lost.set()
+
+    async def _listen(self) -> None:
+        attempt = 0
+        down_since: float | None = None
+        resuming = False
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                self._lost.clear()
+                connection = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
+                connection.add_termination_listener(self._on_termination)
+                if resuming:
+                    self._tracker.hold()
+                await connection.add_listener(self._notify_channel, self._on_notification)
+                self._listen_connection = connection
+                if resuming:
+                    self.recovered_after_reconnect += await self._tracker.catch_up(
+                        sorted(self._channels), self.history
+                    )
+                    self._tracker.release()
+                    assert down_since is not None
+                    self.last_outage_seconds = time.monotonic() - down_since
+                    logger.info(
+                        "PostgreSQL LISTEN re-established after %.2f s", self.last_outage_seconds
+                    )
+                attempt = 0
+                down_since = None
+                self._healthy = True
+                self._connected.set()
+                await self._watch(connection)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
+                if down_since is None:
+                    logger.warning("PostgreSQL LISTEN unavailable: %s", exc or type(exc).__name__)
+            finally:
+                self._healthy = False
+                self._connected.clear()
+                self._tracker.discard()
+                self._listen_connection = None
+                if connection is not None:
+                    connection.terminate()
+            if down_since is None:
+                down_since = time.monotonic()
+                self.reconnects += 1
+            resuming = True
+            attempt += 1
+            await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
+
+    async def _watch(self, connection: asyncpg.Connection) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), PING_INTERVAL)
+            if self._lost.is_set() or connection.is_closed():
+                raise ConnectionError("LISTEN connection lost")
+            await connection.fetchval("SELECT 1", timeout=PING_INTERVAL)
+
+    # --- cleanup ----------------------------------------------------------------------------
+
+    def _limits(self) -> list[Any]:
+        """CLEANUP_SQL's parameters: namespace, sizes (global, agents, sessions, topics), TTLs."""
+        policy = self._policies.for_channel
+        sizes = [policy(name).size for name in ("global", "agents/x", "sessions/x", "topics/x")]
+        ttls = [
+            float(policy(name).ttl)
+            for name in ("global", "metrics", "agents/x", "sessions/x", "topics/x")
+        ]
+        return [self._namespace, *sizes, *ttls]
+
+    async def cleanup(self) -> int:
+        """Delete publications past their limits and idle streams; rows deleted (one node)."""
+        pool = self._require_pool()
+        async with pool.acquire() as connection, connection.transaction():
+            if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", CLEANUP_LOCK):
+                return 0
+            deleted: int = await connection.fetchval(CLEANUP_SQL, *self._limits())
+            return deleted
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CLEANUP_SECONDS * random.uniform(0.8, 1.2))
+            try:
+                await self.cleanup()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - try again next round
+                logger.warning("broker history cleanup failed", exc_info=True)
+
+    # --- the broker contract ----------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        if not self._healthy:
+            raise BrokerUnavailable(channel)
+        self._channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        self._tracker.forget(channel)
+
+    async def publish(self, publication: Publication) -> Publication:
+        policy_channel = publication.channel
+        publication.origin = self._node_id
+        try:
+            row = await self._require_pool().fetchrow(
+                PUBLISH_SQL,
+                self._namespace,
+                policy_channel,
+                new_epoch(),
+                encode_payload(publication),
+                self._notify_channel,
+                INLINE_LIMIT,
+            )
+        except _ERRORS as exc:
+            raise BrokerUnavailable(publication.channel) from exc
+        assert row is not None
+        publication.offset = row["offset"]
+        publication.epoch = row["epoch"]
+        return publication
+
+    async def _read(
+        self, channel: str, since: StreamPosition | None, limit: int | None, entries: bool
+    ) -> tuple[StreamPosition, list[Publication]]:
+        policy = self._policies.for_channel(channel)
+        pool = self._require_pool()
+        args = (
+            self._namespace,
+            channel,
+            since.offset if since is not None else -1,
+            policy.size,
+            float(policy.ttl),
+            limit,
+            entries and policy.size > 0,
+            since.epoch if since is not None else None,
+        )
+        try:
+            rows = await pool.fetch(HISTORY_SQL, *args)
+            if not rows:
+                await pool.execute(CREATE_STREAM_SQL, self._namespace, channel, new_epoch())
+                rows = await pool.fetch(HISTORY_SQL, *args)
+        except _ERRORS as exc:
+            raise BrokerUnavailable(channel) from exc
+        position = StreamPosition(rows[0]["top_offset"], rows[0]["epoch"])
+        publications = [
+            decode_payload(channel, row["payload"], row["offset"], position.epoch)
+            for row in rows
+            if row["offset"] is not None
+        ]
+        return position, publications
+
+    async def history(
+        self, channel: str, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        position, publications = await self._read(channel, since, limit, True)
+        page = recovery_page(publications, position, since)
+        if limit is not None and len(page.publications) > limit:
+            page.publications = page.publications[:limit]
+        return page
+
+    async def position(self, channel: str) -> StreamPosition:
+        position, _ = await self._read(channel, None, None, False)
+        return position

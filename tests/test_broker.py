@@ -1,0 +1,339 @@
+"""The broker contract: one test body per behaviour, run against every backend.
+
+memory is the embedded default; redis and postgres are the multi-node brokers, each run with a
+key prefix / namespace of its own so that parallel tests never see each other's channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from app.core.config import Settings
+from app.realtime.broker.base import Broker
+from app.realtime.history import HistoryPolicies, StreamPosition
+from app.realtime.publication import Publication
+from tests.conftest import SettingsFactory
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Recorder:
+    """A BrokerHandler that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.items: list[Publication] = []
+        self._changed = asyncio.Event()
+
+    def handle_publication(self, publication: Publication) -> None:
+        self.items.append(publication)
+        self._changed.set()
+
+    def on(self, channel: str) -> list[Publication]:
+        return [p for p in self.items if p.channel == channel]
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = ""
+    ) -> None:
+        async def poll() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(poll(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what or predicate}") from None
+
+    async def until_count(self, channel: str, count: int, timeout: float = 10.0) -> None:
+        await self.wait_for(
+            lambda: len(self.on(channel)) >= count, timeout, f"{count} on {channel}"
+        )
+
+
+@dataclass
+class Backend:
+    name: str
+    multi_node: bool
+    # Build and start a broker as node `node_id` with the given settings overrides.
+    make: Callable[..., Awaitable[tuple[Broker, Recorder]]]
+    # Lose every channel's history and position, as a Redis flush or restart would.
+    lose_history: Callable[[], Awaitable[None]]
+    brokers: list[Broker] = field(default_factory=list)
+
+
+def _publication(channel: str, seq: int, **data: Any) -> Publication:
+    return Publication(channel, "note.added", {"seq": seq, **data}, 1_700_000_000_000 + seq)
+
+
+async def _redis_backend(make_settings: SettingsFactory, redis_url: str) -> AsyncIterator[Backend]:
+    import redis.asyncio as aioredis
+
+    from app.realtime.broker.redis import RedisBroker
+
+    prefix = f"t{secrets.token_hex(5)}"
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def make(node_id: str, **overrides: Any) -> tuple[Broker, Recorder]:
+        settings: Settings = make_settings(**overrides)
+        broker = RedisBroker(node_id, HistoryPolicies(settings), redis_url, prefix)
+        recorder = Recorder()
+        await broker.start(recorder)
+        backend.brokers.append(broker)
+        return broker, recorder
+
+    async def lose_history() -> None:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+
+    backend = Backend("redis", True, make, lose_history)
+    try:
+        yield backend
+    finally:
+        for broker in backend.brokers:
+            await broker.close()
+        await lose_history()
+        await client.aclose()
+
+
+async def _memory_backend(make_settings: SettingsFactory) -> AsyncIterator[Backend]:
+    from app.realtime.broker.memory import MemoryBroker
+
+    async def make(node_id: str, **overrides: Any) -> tuple[Broker, Recorder]:
+        settings: Settings = make_settings(**overrides)
+        broker = MemoryBroker(node_id, HistoryPolicies(settings))
+        recorder = Recorder()
+        await broker.start(recorder)
+        backend.brokers.append(broker)
+        return broker, recorder
+
+    async def lose_history() -> None:
+        # The in-process broker loses its history when its process restarts.
+        for broker in backend.brokers:
+            broker._streams.clear()  # type: ignore[attr-defined]
+
+    backend = Backend("memory", False, make, lose_history)
+    try:
+        yield backend
+    finally:
+        for broker in backend.brokers:
+            await broker.close()
+
+
+async def _postgres_backend(
+    make_settings: SettingsFactory, postgres_url: str
+) -> AsyncIterator[Backend]:
+    from app.realtime.broker.postgres import PostgresBroker, purge_namespace
+
+    namespace = f"t{secrets.token_hex(5)}"
+
+    async def make(node_id: str, **overrides: Any) -> tuple[Broker, Recorder]:
+        settings: Settings = make_settings(database_url=postgres_url, **overrides)
+        broker = PostgresBroker(
+            node_id, HistoryPolicies(settings), settings.database_url, namespace
+        )
+        recorder = Recorder()
+        await broker.start(recorder)
+        backend.brokers.append(broker)
+        return broker, recorder
+
+    async def lose_history() -> None:
+        await purge_namespace(postgres_url, namespace)
+
+    backend = Backend("postgres", True, make, lose_history)
+    try:
+        yield backend
+    finally:
+        for broker in backend.brokers:
+            await broker.close()
+        await lose_history()
+
+
+@pytest.fixture(params=["memory", "redis", "postgres"])
+async def backend(
+    request: pytest.FixtureRequest, make_settings: SettingsFactory
+) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        factory = _memory_backend(make_settings)
+    elif request.param == "redis":
+        factory = _redis_backend(make_settings, request.getfixturevalue("redis_url"))
+    else:
+        factory = _postgres_backend(make_settings, request.getfixturevalue("migrated_postgres_url"))
+    async for value in factory:
+        yield value
+
+
+# --- the contract ------------------------------------------------------------------------------
+
+
+async def test_publish_reaches_a_subscribed_node_once_in_order(backend: Backend) -> None:
+    broker, seen = await backend.make("n1")
+    await broker.subscribe("topics/a")
+    start = await broker.position("topics/a")
+    assert start.offset == 0 and start.epoch
+
+    published = [await broker.publish(_publication("topics/a", n)) for n in range(20)]
+    assert [p.offset for p in published] == list(range(1, 21))
+    assert {p.epoch for p in published} == {start.epoch}
+    assert {p.origin for p in published} == {"n1"}
+
+    await seen.until_count("topics/a", 20)
+    # A last one flushes anything that could still be in flight behind the first twenty.
+    await broker.publish(_publication("topics/a", 20))
+    await seen.until_count("topics/a", 21)
+    got = seen.on("topics/a")
+    assert [p.offset for p in got] == list(range(1, 22))
+    assert [p.data["seq"] for p in got] == list(range(21))
+    assert {p.epoch for p in got} == {start.epoch}
+    assert (got[0].event, got[0].timestamp) == ("note.added", 1_700_000_000_000)
+    assert got[0].frame.text.startswith('{"channel":"topics/a","event":"note.added"')
+    assert (await broker.position("topics/a")) == StreamPosition(21, start.epoch)
+
+
+async def test_unsubscribed_channels_are_not_delivered(backend: Backend) -> None:
+    broker, seen = await backend.make("n1")
+    await broker.subscribe("topics/on")
+    await broker.publish(_publication("topics/off", 0))
+    await broker.publish(_publication("topics/on", 0))
+    await seen.until_count("topics/on", 1)
+    assert seen.on("topics/off") == []
+
+    await broker.unsubscribe("topics/on")
+    await broker.subscribe("topics/sentinel")
+    await broker.publish(_publication("topics/on", 1))
+    await broker.publish(_publication("topics/sentinel", 0))
+    await seen.until_count("topics/sentinel", 1)
+    assert [p.data["seq"] for p in seen.on("topics/on")] == [0]
+
+    # Publishing to a channel nobody listens to still assigns offsets.
+    assert (await broker.position("topics/off")).offset == 1
+    assert (await broker.position("topics/on")).offset == 2
+
+
+async def test_every_node_gets_each_publication_exactly_once(backend: Backend) -> None:
+    if not backend.multi_node:
+        pytest.skip("the in-process broker has one node")
+    (a, seen_a), (b, seen_b) = await backend.make("a"), await backend.make("b")
+    for broker in (a, b):
+        await broker.subscribe("sessions/s")
+
+    async def burst(broker: Broker, tag: str) -> None:
+        for n in range(60):
+            await broker.publish(_publication("sessions/s", n, tag=tag))
+
+    await asyncio.gather(burst(a, "a"), burst(b, "b"), burst(a, "a2"))
+    for seen in (seen_a, seen_b):
+        await seen.until_count("sessions/s", 180)
+    # A straggler would show up behind this last one.
+    await a.publish(_publication("sessions/s", 999))
+    for seen in (seen_a, seen_b):
+        await seen.until_count("sessions/s", 181)
+        got = seen.on("sessions/s")
+        assert [p.offset for p in got] == list(range(1, 182)), backend.name
+        for tag in ("a", "b", "a2"):
+            # Each publisher's own order is kept too.
+            assert [p.data["seq"] for p in got if p.data.get("tag") == tag] == list(range(60))
+        assert {p.origin for p in got} == {"a", "b"}
+    assert [p.data for p in seen_a.on("sessions/s")] == [p.data for p in seen_b.on("sessions/s")]
+
+
+async def test_history_is_kept_to_size_and_read_from_a_position(backend: Backend) -> None:
+    broker, _ = await backend.make("n1", history_topics_size=10)
+    for n in range(25):
+        await broker.publish(_publication("topics/h", n))
+
+    page = await broker.history("topics/h")
+    assert [p.offset for p in page.publications] == list(range(16, 26))
+    assert [p.data["seq"] for p in page.publications] == list(range(15, 25))
+    assert page.position.offset == 25 and page.recoverable
+    epoch = page.position.epoch
+    assert {p.epoch for p in page.publications} == {epoch}
+
+    first = await broker.history("topics/h", limit=3)
+    assert [p.offset for p in first.publications] == [16, 17, 18]
+    after = await broker.history("topics/h", StreamPosition(18, epoch), limit=4)
+    assert after.recoverable and [p.offset for p in after.publications] == [19, 20, 21, 22]
+
+    at_top = await broker.history("topics/h", StreamPosition(25, epoch))
+    assert at_top.recoverable and at_top.publications == []
+
+    trimmed = await broker.history("topics/h", StreamPosition(3, epoch))
+    assert not trimmed.recoverable and trimmed.publications == []
+    other_epoch = await broker.history("topics/h", StreamPosition(20, "elsewhere"))
+    assert not other_epoch.recoverable and other_epoch.position.offset == 25
+    ahead = await broker.history("topics/h", StreamPosition(26, epoch))
+    assert not ahead.recoverable
+
+    # `metrics` keeps its latest publication only.
+    for n in range(3):
+        await broker.publish(_publication("metrics", n))
+    assert [p.data["seq"] for p in (await broker.history("metrics")).publications] == [2]
+
+
+async def test_history_expires_after_its_ttl(backend: Backend) -> None:
+    broker, _ = await backend.make("n1", history_topics_ttl=1)
+    for n in range(3):
+        await broker.publish(_publication("topics/ttl", n))
+    page = await broker.history("topics/ttl")
+    assert len(page.publications) == 3
+    epoch = page.position.epoch
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while (await broker.history("topics/ttl")).publications:
+        assert loop.time() < deadline, "history outlived its TTL"
+        await asyncio.sleep(0.1)
+    gone = await broker.history("topics/ttl", StreamPosition(1, epoch))
+    assert not gone.recoverable
+
+
+async def test_lost_history_means_a_new_epoch(backend: Backend) -> None:
+    broker, seen = await backend.make("n1")
+    await broker.subscribe("agents/x")
+    for n in range(3):
+        await broker.publish(_publication("agents/x", n))
+    before = await broker.position("agents/x")
+    assert before.offset == 3
+
+    await backend.lose_history()
+
+    after = await broker.position("agents/x")
+    assert after.epoch != before.epoch and after.offset == 0
+    publication = await broker.publish(_publication("agents/x", 3))
+    assert (publication.offset, publication.epoch) == (1, after.epoch)
+    page = await broker.history("agents/x", before)
+    assert not page.recoverable
+    await seen.until_count("agents/x", 4)
+    assert seen.on("agents/x")[-1].epoch == after.epoch
+
+
+async def test_recovery_page_over_the_broker(backend: Backend) -> None:
+    broker, _ = await backend.make("n1")
+    position = await broker.position("agents/r")
+    for n in range(500):
+        await broker.publish(_publication("agents/r", n))
+    page = await broker.history("agents/r", StreamPosition(0, position.epoch))
+    assert page.recoverable and len(page.publications) == 500
+    assert [p.data["seq"] for p in page.publications] == list(range(500))
+    page = await broker.history("agents/r", StreamPosition(499, position.epoch))
+    assert page.recoverable and [p.offset for p in page.publications] == [500]
+
+
+async def test_large_payloads_are_carried_whole(backend: Backend) -> None:
+    """PostgreSQL's NOTIFY stops at 8000 bytes; no backend may truncate."""
+    broker, seen = await backend.make("n1")
+    await broker.subscribe("topics/big")
+    blob = "x" * 200_000
+    await broker.publish(_publication("topics/big", 0, blob=blob))
+    await broker.publish(_publication("topics/big", 1))
+    await seen.until_count("topics/big", 2)
+    got = seen.on("topics/big")
+    assert [p.offset for p in got] == [1, 2]
+    assert got[0].data["blob"] == blob
+    assert (await broker.history("topics/big")).publications[0].data["blob"] == blob
