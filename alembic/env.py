@@ -12,13 +12,22 @@ Where the URL comes from, first match wins:
 from __future__ import annotations
 
 import asyncio
+import importlib
+import pkgutil
 
 from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import app.db
 from app.db.models import Base
+
+# Every module of app/db named *models declares tables on Base.metadata: import them all, so
+# autogenerate (and `alembic check`) compares the whole schema, not just the first module.
+for _module in pkgutil.iter_modules(app.db.__path__):
+    if _module.name.endswith("models"):
+        importlib.import_module(f"app.db.{_module.name}")
 
 config = context.config
 target_metadata = Base.metadata

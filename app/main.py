@@ -22,10 +22,22 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
-from app.api.routes import health
+from app.api.errors import install_error_handlers
+from app.api.routes import (
+    actions,
+    agents,
+    events,
+    health,
+    messages,
+    metrics,
+    sessions,
+    subtasks,
+    tasks,
+)
 from app.core.config import Settings
 from app.dashboard import DashboardSurface
 from app.db.engine import create_engine, create_sessionmaker
+from app.db.services import DataServices
 from app.realtime.broker import create_broker
 from app.realtime.http import WebSocketSurface
 from app.realtime.manager import ConnectionManager
@@ -45,13 +57,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.manager = manager
+    data = DataServices(settings, engine, app.state.sessionmaker, manager)
+    app.state.bridge = data.bridge
+    app.state.agents = data.agents
+    app.state.metrics = data.metrics
+    await data.migrate()
     await manager.start()
     try:
+        await data.start()
         yield
     finally:
         # Clients first (they may still be flushing), then the background machinery.
         if not manager.draining:
             await manager.drain()
+        await data.stop()
         await manager.stop()
         await engine.dispose()
 
@@ -67,6 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(health.router)
+    for module in (sessions, agents, tasks, subtasks, messages, actions, events, metrics):
+        app.include_router(module.router)
+    install_error_handlers(app)
     surfaces: dict[str, Any] = {
         "api": app,
         "ws": WebSocketSurface(app),

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from app.core.security import Role, TokenError, bearer_token
-from app.realtime.channels import check_event, is_valid_id, parse_channel
+from app.realtime.channels import ChannelKind, check_event, is_valid_id, parse_channel
 from app.realtime.connection import Connection
 from app.realtime.frames import Frame
 from app.realtime.history import StreamPosition
@@ -220,6 +220,19 @@ class Session:
         bucket = self.connection.publish_bucket
         if bucket is not None and not bucket.take():
             raise ProtocolError(ErrorCode.RATE_LIMITED, "Too many publishes, slow down")
+        store = getattr(self.manager, "message_store", None)
+        if store is not None and event == "message.new" and channel.kind is ChannelKind.AGENT:
+            # Stored first (the recipient can read it over REST); the outbox → bridge path
+            # then delivers it, once. Publishing here as well would deliver it twice.
+            connection = self.connection
+            message_id = await store(
+                connection.agent_id or connection.client_id,
+                channel.id,
+                connection.session_id,
+                message.get("data"),
+            )
+            self.ack(rid, {"channel": channel.name, "message_id": message_id})
+            return
         publication = await self.manager.publish(channel.name, event, message.get("data"))
         self.ack(rid, {"channel": channel.name, "offset": publication.offset})
 
