@@ -3,6 +3,7 @@
     context-manager serve       REST API (3847) + WebSocket server (3849) in one process
     context-manager ws          the WebSocket server alone (the seed's `bun run ws`)
     context-manager api         the REST API alone
+    context-manager migrate     apply the database migrations (alembic upgrade head)
 
 Every option has an environment variable (see `Settings`); options win over the environment.
 """
@@ -52,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         _add_server_options(commands.add_parser(name, help=text, description=text))
     _add_token_command(commands)
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply the database migrations",
+        description="Upgrade the database to the latest schema (or to/down to --revision).",
+    )
+    migrate.add_argument("--database-url", help="database URL (DATABASE_URL)")
+    migrate.add_argument("--revision", default="head", help="target revision (default head)")
+    migrate.add_argument(
+        "--downgrade", action="store_true", help="downgrade to --revision (e.g. base)"
+    )
     return parser
 
 
@@ -144,6 +155,27 @@ def _run(surfaces: Sequence[str], settings: Settings) -> int:
     return 0
 
 
+def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
+    from app.db.engine import create_engine
+    from app.db.migrate import current_revision, migrate
+
+    async def run() -> str | None:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate(engine, revision, downgrade=downgrade)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        now_at = asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001 - a command line reports, it does not trace
+        print(f"error: migration failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"{_redact(settings.database_url)} is at revision {now_at or 'base'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -154,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _token_create(args)
+    if args.command == "migrate":
+        return _migrate(settings, args.revision, args.downgrade)
     if args.command in SERVE_COMMANDS:
         return _run(SERVE_COMMANDS[args.command], settings)
     parser.error(f"unknown command {args.command}")
