@@ -1,8 +1,10 @@
 """`context-manager`: the command line.
 
-    context-manager serve       REST API (3847) + WebSocket server (3849) in one process
+    context-manager serve       REST API (3847) + WebSocket server (3849) + dashboard (3848)
     context-manager ws          the WebSocket server alone (the seed's `bun run ws`)
     context-manager api         the REST API alone
+    context-manager dashboard   the dashboard alone (it connects to WS_PORT)
+    context-manager tail | publish | status   client commands (app/cli_client.py)
     context-manager migrate     apply the database migrations (alembic upgrade head)
 
 Every option has an environment variable (see `Settings`); options win over the environment.
@@ -18,14 +20,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app import __version__
+from app import __version__, cli_client
 from app.core.config import Settings
 from app.core.logging import setup_logging
 
 SERVE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "serve": ("api", "ws"),
+    "serve": ("api", "ws", "dashboard"),
     "ws": ("ws",),
     "api": ("api",),
+    "dashboard": ("dashboard",),
 }
 
 
@@ -33,6 +36,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="bind address (HOST, default 127.0.0.1)")
     parser.add_argument("--ws-port", type=int, help="WebSocket port (WS_PORT, default 3849)")
     parser.add_argument("--api-port", type=int, help="REST API port (API_PORT, default 3847)")
+    parser.add_argument(
+        "--dashboard-port", type=int, help="dashboard port (DASHBOARD_PORT, default 3848)"
+    )
     parser.add_argument("--database-url", help="database URL (DATABASE_URL, default SQLite file)")
     parser.add_argument("--redis-url", help="Redis URL (REDIS_URL): enables the Redis broker")
     parser.add_argument("--log-level", help="debug, info, warning, error (LOG_LEVEL, default info)")
@@ -46,13 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {
-        "serve": "run the REST API and the WebSocket server",
+        "serve": "run the REST API, the WebSocket server and the dashboard",
         "ws": "run the WebSocket server alone",
         "api": "run the REST API alone",
+        "dashboard": "run the dashboard alone",
     }
     for name, text in helps.items():
         _add_server_options(commands.add_parser(name, help=text, description=text))
     _add_token_command(commands)
+    cli_client.add_commands(commands)
     migrate = commands.add_parser(
         "migrate",
         help="apply the database migrations",
@@ -102,7 +110,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the options given."""
     overrides: dict[str, Any] = {
         key: value
-        for key in ("host", "ws_port", "api_port", "database_url", "redis_url", "log_level")
+        for key in (
+            "host",
+            "ws_port",
+            "api_port",
+            "dashboard_port",
+            "database_url",
+            "redis_url",
+            "log_level",
+        )
         if (value := getattr(args, key, None)) is not None
     }
     return Settings(**overrides)
@@ -116,6 +132,9 @@ def _banner(settings: Settings, surfaces: Sequence[str]) -> str:
     if "ws" in surfaces:
         lines.append(f"  WebSocket   ws://{settings.host}:{settings.ws_port}/  (also /ws)")
         lines.append(f"  WS health   http://{settings.host}:{settings.ws_port}/health")
+    if "dashboard" in surfaces:
+        lines.append(f"  dashboard   http://{settings.host}:{settings.dashboard_port}/dashboard")
+        lines.append(f"  live events http://{settings.host}:{settings.dashboard_port}/live")
     lines.append(f"  database    {_redact(settings.database_url)}")
     lines.append(f"  broker      {settings.broker_kind}")
     return "\n".join(lines)
@@ -179,6 +198,8 @@ def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in cli_client.CLIENT_COMMANDS:
+        return cli_client.run(args)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
@@ -186,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _token_create(args)
+
     if args.command == "migrate":
         return _migrate(settings, args.revision, args.downgrade)
     if args.command in SERVE_COMMANDS:

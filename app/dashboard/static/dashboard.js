@@ -1,0 +1,289 @@
+/**
+ * /dashboard: KPI cards from `metric.update` on `metrics`, a chart of the last minutes, the
+ * agents (live from agent.* on `global`) and the latest tasks with their subtasks' progress
+ * (live from task.* and subtask.*). Initial state comes from the REST API; it is reloaded when
+ * a reconnect could not recover the events missed meanwhile.
+ */
+
+import { ago, api, bindConnectionPill, config, createClient, h, initTheme, items } from "/static/common.js";
+import { LineChart } from "/static/linechart.js";
+
+const STATUSES = ["pending", "in_progress", "completed", "failed", "cancelled"];
+const STATUS_LABELS = {
+  pending: "Pending",
+  in_progress: "In progress",
+  completed: "Completed",
+  failed: "Failed",
+  cancelled: "Cancelled",
+};
+const MAX_AGENT_ROWS = 50;
+const MAX_TASK_ROWS = 15;
+
+const $ = (selector) => document.querySelector(selector);
+const state = {
+  agents: new Map(), // id → agent
+  tasks: new Map(), // id → task
+  subtasks: new Map(), // task id → Map(subtask id → subtask)
+  metricsAt: null,
+};
+
+initTheme($("#theme"));
+const client = createClient();
+bindConnectionPill(client, $("#connection"));
+window.cmClient = client; // for the console (and the browser tests)
+
+const chart = new LineChart($("#chart"), {
+  windowMs: 10 * 60_000,
+  emptyText: "Waiting for metrics…",
+  minMax: { left: 1, right: 5 },
+  series: [
+    { key: "eps", label: "events/s", color: "--accent", axis: "left", fill: true },
+    { key: "open", label: "open tasks", color: "--ok", axis: "right", step: true },
+    { key: "failed", label: "failed (1 h)", color: "--bad", axis: "right", step: true },
+  ],
+});
+
+// --- formatting ---------------------------------------------------------------------------------
+
+const int = (v) => (typeof v === "number" ? Math.round(v).toLocaleString() : "—");
+const rate = (v) => (typeof v !== "number" ? "—" : v >= 100 ? Math.round(v).toLocaleString() : v.toFixed(1));
+const percent = (v) => (typeof v !== "number" ? "—" : `${(v * 100).toFixed(v > 0 && v < 0.1 ? 1 : 0)}%`);
+
+function duration(seconds) {
+  if (typeof seconds !== "number") return "—";
+  if (seconds < 10) return `${seconds.toFixed(1)} s`;
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${Math.round(seconds % 60)}s`;
+  return `${Math.floor(seconds / 3600)}h ${Math.round((seconds % 3600) / 60)}m`;
+}
+
+const FORMATS = {
+  active_sessions: int,
+  active_agents: int,
+  connected_clients: int,
+  actions_per_minute: rate,
+  failure_rate: percent,
+  mean_task_duration_seconds: duration,
+  unread_messages: int,
+  events_per_second: rate,
+};
+
+// --- metrics ------------------------------------------------------------------------------------
+
+function setKpi(key, text) {
+  const value = document.querySelector(`[data-kpi="${key}"] .value`);
+  if (!value || value.textContent === text) return;
+  value.textContent = text;
+  value.classList.add("flash");
+  setTimeout(() => value.classList.remove("flash"), 50);
+}
+
+function applyMetrics(m, receivedAt = Date.now()) {
+  if (!m || typeof m !== "object") return;
+  for (const [key, format] of Object.entries(FORMATS)) setKpi(key, format(m[key]));
+  const failure = document.querySelector('[data-kpi="failure_rate"] .value');
+  failure.classList.toggle("bad", typeof m.failure_rate === "number" && m.failure_rate >= 0.2);
+  $('[data-sub="failure_rate"]').textContent =
+    `${int(m.tasks_failed_last_hour)} failed · ${int(m.tasks_completed_last_hour)} completed · 1 h`;
+
+  const byStatus = m.tasks_by_status || {};
+  const total = STATUSES.reduce((sum, s) => sum + (byStatus[s] || 0), 0);
+  $("#tasks-total").textContent = `${total.toLocaleString()} total`;
+  $("#status-bar").replaceChildren(
+    ...STATUSES.filter((s) => byStatus[s]).map((s) => {
+      const span = h("span", { class: `s-${s}`, title: `${STATUS_LABELS[s]}: ${byStatus[s]}` });
+      span.style.width = `${(100 * byStatus[s]) / total}%`;
+      return span;
+    }),
+  );
+  $("#status-legend").replaceChildren(
+    ...STATUSES.map((s) =>
+      h("li", { dataset: { status: s } }, h("span", { class: `swatch s-${s}` }), STATUS_LABELS[s], h("span", { class: "count" }, int(byStatus[s] || 0))),
+    ),
+  );
+
+  chart.push(receivedAt, {
+    eps: Number(m.events_per_second) || 0,
+    open: (byStatus.pending || 0) + (byStatus.in_progress || 0),
+    failed: Number(m.tasks_failed_last_hour) || 0,
+  });
+  state.metricsAt = Date.now();
+  const when = m.timestamp ? new Date(m.timestamp) : new Date();
+  $("#updated").textContent = `Updated ${when.toLocaleTimeString()} · every ${config.metricsInterval} s`;
+}
+
+// --- agents -------------------------------------------------------------------------------------
+
+function upsertAgent(id, fields) {
+  const agent = { id, name: null, kind: null, status: "offline", last_seen: null, ...state.agents.get(id), ...fields };
+  state.agents.set(id, agent);
+  renderAgents();
+}
+
+function renderAgents() {
+  const rows = [...state.agents.values()].sort((a, b) => {
+    if ((a.status === "online") !== (b.status === "online")) return a.status === "online" ? -1 : 1;
+    return (Date.parse(b.last_seen) || 0) - (Date.parse(a.last_seen) || 0);
+  });
+  const online = rows.filter((a) => a.status === "online").length;
+  $("#agents-meta").textContent = `${online} online · ${rows.length} known`;
+  const body = $("#agents tbody");
+  if (!rows.length) {
+    body.replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No agents yet. Agents appear when they connect or register.")));
+    return;
+  }
+  body.replaceChildren(
+    ...rows.slice(0, MAX_AGENT_ROWS).map((a) =>
+      h(
+        "tr",
+        { dataset: { agent: a.id } },
+        h("td", {}, h("span", { class: "primary" }, a.name || a.id), a.name ? h("span", { class: "secondary" }, a.id) : null),
+        h("td", {}, a.kind || "—"),
+        h("td", {}, h("span", { class: `badge ${a.status}` }, a.status)),
+        h("td", { class: "num", title: a.last_seen || "" }, a.status === "online" && !a.last_seen ? "now" : ago(a.last_seen)),
+      ),
+    ),
+  );
+}
+
+function onAgentEvent(frame) {
+  const data = frame.data || {};
+  const id = data.agent_id;
+  if (typeof id !== "string") return;
+  const seen = data.last_seen || new Date(frame.timestamp).toISOString();
+  if (frame.event === "agent.connected") upsertAgent(id, { status: "online", last_seen: seen });
+  else if (frame.event === "agent.disconnected") upsertAgent(id, { status: "offline", last_seen: seen });
+  else if (frame.event === "agent.heartbeat") upsertAgent(id, { last_seen: seen });
+}
+
+// --- tasks --------------------------------------------------------------------------------------
+
+function taskTime(task) {
+  return Date.parse(task.updated_at || task.created_at) || 0;
+}
+
+function progressOf(taskId) {
+  const subs = [...(state.subtasks.get(taskId)?.values() || [])];
+  const done = subs.filter((s) => s.status === "completed").length;
+  const failed = subs.filter((s) => s.status === "failed" || s.status === "cancelled").length;
+  return { total: subs.length, done, failed };
+}
+
+function progressBar(taskId) {
+  const { total, done, failed } = progressOf(taskId);
+  if (!total) return h("span", { class: "secondary" }, "—");
+  const doneBar = h("span", { class: "done" });
+  doneBar.style.width = `${(100 * done) / total}%`;
+  const failBar = h("span", { class: "fail" });
+  failBar.style.width = `${(100 * failed) / total}%`;
+  return h(
+    "div",
+    { class: "progress", title: `${done} completed, ${failed} failed or cancelled, ${total - done - failed} open` },
+    h("div", { class: "bar" }, doneBar, failBar),
+    h("span", { class: "label" }, `${done}/${total}`),
+  );
+}
+
+function renderTasks() {
+  const rows = [...state.tasks.values()].sort((a, b) => taskTime(b) - taskTime(a)).slice(0, MAX_TASK_ROWS);
+  $("#tasks-meta").textContent = state.tasks.size ? `latest ${rows.length}` : "—";
+  const body = $("#tasks tbody");
+  if (!rows.length) {
+    body.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" }, "No tasks yet. Create one with POST /api/tasks.")));
+    return;
+  }
+  body.replaceChildren(
+    ...rows.map((t) =>
+      h(
+        "tr",
+        { dataset: { task: t.id, status: t.status } },
+        h("td", {}, h("span", { class: "primary" }, t.title || t.id), h("span", { class: "secondary" }, t.id)),
+        h("td", {}, t.agent_id || "—"),
+        h("td", {}, h("span", { class: `badge ${t.status}` }, STATUS_LABELS[t.status] || t.status)),
+        h("td", {}, progressBar(t.id)),
+        h("td", { class: "num", title: t.updated_at || "" }, ago(t.updated_at || t.created_at)),
+      ),
+    ),
+  );
+}
+
+function taskFromEvent(data, timestamp) {
+  const id = data.task_id ?? data.id;
+  if (typeof id !== "string") return null;
+  const { task_id: _drop, ...fields } = data;
+  const stamp = new Date(timestamp).toISOString();
+  return { id, ...fields, updated_at: fields.updated_at || stamp, created_at: fields.created_at || stamp };
+}
+
+function onTaskEvent(frame) {
+  const data = frame.data || {};
+  if (frame.event.startsWith("task.")) {
+    const task = taskFromEvent(data, frame.timestamp);
+    if (!task) return;
+    state.tasks.set(task.id, { ...state.tasks.get(task.id), ...task });
+  } else {
+    const taskId = data.task_id;
+    const id = data.subtask_id ?? data.id;
+    if (typeof taskId !== "string" || typeof id !== "string") return;
+    if (!state.subtasks.has(taskId)) state.subtasks.set(taskId, new Map());
+    const subs = state.subtasks.get(taskId);
+    subs.set(id, { ...subs.get(id), ...data, id });
+  }
+  renderTasks();
+}
+
+// --- loading ------------------------------------------------------------------------------------
+
+function showBanner(message) {
+  const banner = $("#banner");
+  banner.textContent = message || "";
+  banner.classList.toggle("show", Boolean(message));
+}
+
+async function loadSubtasks(taskId) {
+  const page = await api(`/api/tasks/${encodeURIComponent(taskId)}/subtasks`, { query: { limit: 500 } });
+  state.subtasks.set(taskId, new Map(items(page).map((s) => [s.id, s])));
+}
+
+async function reload() {
+  const failures = [];
+  const [metrics, agents, tasks] = await Promise.allSettled([
+    api("/api/metrics"),
+    api("/api/agents", { query: { limit: 500 } }),
+    api("/api/tasks", { query: { limit: 50, order: "desc" } }),
+  ]);
+  if (metrics.status === "fulfilled") applyMetrics(metrics.value);
+  else failures.push(`metrics (${metrics.reason.message})`);
+  if (agents.status === "fulfilled") {
+    state.agents = new Map(items(agents.value).map((a) => [a.id, a]));
+    renderAgents();
+  } else failures.push(`agents (${agents.reason.message})`);
+  if (tasks.status === "fulfilled") {
+    state.tasks = new Map(items(tasks.value).map((t) => [t.id, t]));
+    const latest = [...state.tasks.values()].sort((a, b) => taskTime(b) - taskTime(a)).slice(0, MAX_TASK_ROWS);
+    await Promise.allSettled(latest.map((t) => loadSubtasks(t.id)));
+    renderTasks();
+  } else failures.push(`tasks (${tasks.reason.message})`);
+  showBanner(failures.length ? `Could not load ${failures.join(", ")}. Live updates continue.` : "");
+}
+
+// --- wiring -------------------------------------------------------------------------------------
+
+client.listen({ channel: "metrics", event: "metric.update" }, (frame) => applyMetrics(frame.data));
+client.listen({ channel: "global", event: "agent.*" }, onAgentEvent);
+client.listen({ channel: "global", event: "task.*,subtask.*" }, onTaskEvent);
+client.on("recovery", ({ recovered }) => {
+  // The server could not replay what we missed while away: the tables may be stale.
+  if (!recovered) reload();
+});
+
+client.connect();
+client.subscribe("metrics").catch((err) => showBanner(`Cannot subscribe to metrics: ${err.message}`));
+client.subscribe("global").catch((err) => showBanner(`Cannot subscribe to global: ${err.message}`));
+reload();
+setInterval(() => {
+  renderAgents();
+  renderTasks();
+}, 5_000);
+
+$("#footer").textContent = `WebSocket ${config.wsUrl} · REST ${config.apiBase || location.origin}/api · v${config.version}`;
