@@ -19,10 +19,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.api.auth import require_identity
 from app.api.errors import install_error_handlers
+from app.api.middleware import BodySizeLimit
 from app.api.routes import (
     actions,
     agents,
@@ -86,9 +89,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(health.router)
+    # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
     for module in (sessions, agents, tasks, subtasks, messages, actions, events, metrics):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(require_identity)])
     install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins or ["*"],
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     surfaces: dict[str, Any] = {
         "api": app,
         "ws": WebSocketSurface(app),

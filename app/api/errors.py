@@ -1,11 +1,14 @@
 """API errors with a stable `code` beside the human `detail`.
 
+    401 UNAUTHORIZED / INVALID_TOKEN / TOKEN_EXPIRED   token mode: no, bad or expired token
+    403 FORBIDDEN                 the token's role may not do this (docs/security.md)
     404 NOT_FOUND                 unknown id in the path
     409 ALREADY_EXISTS            POST with an id that is taken
     409 ILLEGAL_TRANSITION        a status change the lifecycle forbids
     409 FINISHED                  a change to a finished task / ended session
     409 MESSAGE_EXPIRED           reading a message past its TTL
     422 INVALID_CURSOR            a `cursor` this API did not hand out
+    413 PAYLOAD_TOO_LARGE         a body above MAX_REQUEST_BYTES
     422 INVALID_CHANNEL / INVALID_EVENT   POST /api/events (the WebSocket protocol's codes)
 
 FastAPI's own 422 (request validation) keeps its standard `detail` list.
@@ -24,11 +27,14 @@ from app.api.schemas import ErrorBody
 class ApiError(Exception):
     """Raised by a route; answered as ``{"detail": …, "code": …}`` with `status`."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers
 
 
 def not_found(kind: str, ident: str) -> ApiError:
@@ -37,7 +43,9 @@ def not_found(kind: str, ident: str) -> ApiError:
 
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status)
+    return JSONResponse(
+        {"detail": exc.detail, "code": exc.code}, status_code=exc.status, headers=exc.headers
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

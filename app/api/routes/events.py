@@ -7,9 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from app.api.auth import IdentityDep
 from app.api.deps import ManagerDep
+from app.api.errors import ApiError
 from app.api.schemas import EventPublish, EventPublished
 from app.realtime.channels import check_event, parse_channel
+from app.realtime.permissions import may_publish
 from app.realtime.protocol import ProtocolError
 
 router = APIRouter(prefix="/api/events", tags=["events"])
@@ -24,14 +27,15 @@ _INVALID_EXAMPLE = {
     "",
     response_model=EventPublished,
     responses={
+        403: {"description": "The caller's role may not publish this event on this channel."},
         422: {
             "description": "Invalid body; a channel or event outside the grammar carries the "
             "WebSocket protocol's code (INVALID_CHANNEL, INVALID_EVENT).",
             "content": {"application/json": {"example": _INVALID_EXAMPLE}},
-        }
+        },
     },
 )
-async def publish_event(body: EventPublish, manager: ManagerDep) -> Any:
+async def publish_event(body: EventPublish, manager: ManagerDep, identity: IdentityDep) -> Any:
     """Publish `event` with `data` on `channel`; returns the publication's offset."""
     try:
         channel = parse_channel(body.channel)
@@ -41,6 +45,8 @@ async def publish_event(body: EventPublish, manager: ManagerDep) -> Any:
         event = check_event(body.event)
     except ProtocolError as exc:
         return _invalid("event", exc)
+    if not may_publish(identity, channel, event, server_api=True):
+        raise ApiError(403, "FORBIDDEN", f"Not allowed to publish {event} on {channel.name}")
     publication = await manager.publish(channel.name, event, body.data)
     return EventPublished(
         channel=channel.name,
