@@ -29,6 +29,7 @@ from app.api.middleware import BodySizeLimit
 from app.api.routes import (
     actions,
     agents,
+    channels,
     events,
     health,
     messages,
@@ -90,7 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(health.router)
     # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
-    for module in (sessions, agents, tasks, subtasks, messages, actions, events, metrics):
+    routers = (sessions, agents, tasks, subtasks, messages, actions, events, metrics, channels)
+    for module in routers:
         app.include_router(module.router, dependencies=[Depends(require_identity)])
     install_error_handlers(app)
     app.add_middleware(

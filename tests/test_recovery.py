@@ -224,3 +224,32 @@ async def test_publications_racing_a_recovering_subscribe_are_never_lost_or_doub
     assert [e["offset"] for e in events] == list(range(1, before + during + 1))
     await client.no_frame(0.05)
     await client.close()
+
+
+async def test_history_and_presence_over_rest(service: Service, ws_client: ClientFactory) -> None:
+    import httpx
+
+    await publish_many(service, "agents/rest-a", 5)
+    watcher = await ws_client(service)  # an observer: no agent.connected on the channel
+    await watcher.subscribe("agents/rest-a")
+    base = f"http://127.0.0.1:{service.settings.api_port}/api/channels"
+    async with httpx.AsyncClient(base_url=base) as http:
+        full = (await http.get("/agents/rest-a/history")).json()
+        assert [p["offset"] for p in full["publications"]] == [1, 2, 3, 4, 5]
+        assert full["offset"] == 5 and full["recovered"] is True
+        page = await http.get(
+            "/agents/rest-a/history",
+            params={"since_offset": 3, "since_epoch": full["epoch"], "limit": 1},
+        )
+        assert [p["data"]["seq"] for p in page.json()["publications"]] == [3]
+        stale = await http.get(
+            "/agents/rest-a/history", params={"since_offset": 3, "since_epoch": "gone"}
+        )
+        assert stale.json()["recovered"] is False and stale.json()["publications"] == []
+        assert (
+            await http.get("/agents/rest-a/history", params={"since_offset": 3})
+        ).status_code == 422
+        bad = await http.get("/nope/history")
+        assert bad.status_code == 422 and bad.json()["code"] == "INVALID_CHANNEL"
+        presence = (await http.get("/agents/rest-a/presence")).json()
+        assert presence["num_clients"] == 1 and watcher.client_id in presence["presence"]
