@@ -1,0 +1,76 @@
+"""The bridge survives losing PostgreSQL connections: what was written meanwhile arrives after
+it reconnects — every event, none twice, in outbox order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import ClientFactory, ServiceFactory
+from tests.databases import data_settings, postgres_database
+from tests.test_bridge import collect
+
+pytestmark = pytest.mark.postgres
+
+
+def _plain(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def test_events_written_while_the_listen_connection_is_down_arrive_once(
+    start_service: ServiceFactory, ws_client: ClientFactory, postgres_url: str
+) -> None:
+    async with postgres_database(postgres_url) as url:
+        # A long poll interval: only the NOTIFY and the reconnect's catch-up can deliver.
+        service = await start_service(**data_settings(url, bridge_poll_interval=60))
+        bridge = service.app.state.bridge
+        await bridge.wait_listening()
+        watcher = await ws_client(service)
+        await watcher.subscribe("global")
+        writer = await asyncpg.connect(_plain(url))
+        admin = await asyncpg.connect(_plain(url))
+        total = 80
+
+        async def write() -> None:
+            for i in range(total):
+                await writer.execute(
+                    "INSERT INTO tasks (id, title) VALUES ($1, 'raw')", f"t{i:03d}"
+                )
+                await asyncio.sleep(0.01)
+
+        try:
+            writing = asyncio.create_task(write())
+            kills = 0
+            for _ in range(3):
+                await asyncio.sleep(0.15)
+                kills += await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = $1",
+                    bridge.application_name,
+                )
+                await bridge.wait_listening()
+            await writing
+            assert kills == 3
+
+            # Then everything of this database but our two connections: the pool too.
+            await asyncio.sleep(0.05)
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> $1",
+                writer.get_server_pid(),
+            )
+            await writer.execute("INSERT INTO tasks (id, title) VALUES ('last', 'raw')")
+
+            frames = await collect(watcher, total + 1, timeout=30)
+        finally:
+            await writer.close()
+            await admin.close()
+        ids = [f["data"]["task_id"] for f in frames]
+        assert ids == [f"t{i:03d}" for i in range(total)] + ["last"]
+        offsets = [f["data"]["event_id"] for f in frames]
+        assert offsets == sorted(set(offsets))
+        await watcher.no_frame(0.5)
+        assert bridge.reconnects >= 4
