@@ -79,22 +79,15 @@ def _query_identity(query: dict[str, list[str]]) -> tuple[dict[str, str], list[s
 class Session:
     """One connection's conversation with the server."""
 
-    __slots__ = ("manager", "connection", "_max_message", "_handlers")
+    __slots__ = ("manager", "connection", "_max_message")
+
+    # Filled in below the class: message type → handler (one table for every connection).
+    _handlers: dict[str, Handler] = {}
 
     def __init__(self, manager: ConnectionManager, connection: Connection) -> None:
         self.manager = manager
         self.connection = connection
         self._max_message = manager.settings.max_message_bytes
-        self._handlers: dict[str, Handler] = {
-            MessageType.SUBSCRIBE: Session._subscribe,
-            MessageType.UNSUBSCRIBE: Session._unsubscribe,
-            MessageType.PUBLISH: Session._publish,
-            MessageType.AUTH: Session._auth,
-            MessageType.PING: Session._ping,
-            MessageType.HISTORY: Session._history,
-            MessageType.PRESENCE: Session._presence,
-            MessageType.PRESENCE_STATS: Session._presence_stats,
-        }
 
     # --- output ---------------------------------------------------------------------------
 
@@ -282,6 +275,20 @@ class Session:
     async def _ping(self, message: dict[str, Any], rid: RequestId | None) -> None:
         self.reply(pong_frame(), "pong")
         await self.manager.heartbeat(self.connection)
+
+
+Session._handlers.update(
+    {
+        MessageType.SUBSCRIBE: Session._subscribe,
+        MessageType.UNSUBSCRIBE: Session._unsubscribe,
+        MessageType.PUBLISH: Session._publish,
+        MessageType.AUTH: Session._auth,
+        MessageType.PING: Session._ping,
+        MessageType.HISTORY: Session._history,
+        MessageType.PRESENCE: Session._presence,
+        MessageType.PRESENCE_STATS: Session._presence_stats,
+    }
+)
 
 
 async def websocket_endpoint(
