@@ -146,10 +146,29 @@ function renderAgents() {
   );
 }
 
+const fetchingAgents = new Set();
+
+/** An agent first seen in an event: its name and kind are in the API. */
+async function fetchAgent(id) {
+  if (fetchingAgents.has(id)) return;
+  fetchingAgents.add(id);
+  try {
+    const agent = await api(`/api/agents/${encodeURIComponent(id)}`);
+    const live = state.agents.get(id) || {};
+    // The event is newer than the row for presence; the row knows the name and kind.
+    upsertAgent(id, { ...agent, status: live.status ?? agent.status, last_seen: live.last_seen ?? agent.last_seen });
+  } catch {
+    /* not registered (yet): the id is all there is */
+  } finally {
+    fetchingAgents.delete(id);
+  }
+}
+
 function onAgentEvent(frame) {
   const data = frame.data || {};
   const id = data.agent_id;
   if (typeof id !== "string") return;
+  if (!state.agents.get(id)?.created_at) fetchAgent(id);
   const seen = data.last_seen || new Date(frame.timestamp).toISOString();
   if (frame.event === "agent.connected") upsertAgent(id, { status: "online", last_seen: seen });
   else if (frame.event === "agent.disconnected") upsertAgent(id, { status: "offline", last_seen: seen });
@@ -198,10 +217,10 @@ function renderTasks() {
         "tr",
         { dataset: { task: t.id, status: t.status } },
         h("td", {}, h("span", { class: "primary" }, t.title || t.id), h("span", { class: "secondary" }, t.id)),
-        h("td", {}, t.agent_id || "—"),
+        h("td", { class: "nowrap" }, t.agent_id || "—"),
         h("td", {}, h("span", { class: `badge ${t.status}` }, STATUS_LABELS[t.status] || t.status)),
         h("td", {}, progressBar(t.id)),
-        h("td", { class: "num", title: t.updated_at || "" }, ago(t.updated_at || t.created_at)),
+        h("td", { class: "num nowrap", title: t.updated_at || "" }, ago(t.updated_at || t.created_at)),
       ),
     ),
   );

@@ -22,13 +22,16 @@ function niceCeil(value) {
 
 function formatTick(value) {
   if (value === 0) return "0";
-  if (Math.abs(value) >= 1000) return `${(value / 1000).toFixed(value % 1000 ? 1 : 0)}k`;
-  return Number.isInteger(value) ? String(value) : value.toFixed(1);
+  if (Math.abs(value) >= 1000) return `${parseFloat((value / 1000).toFixed(1))}k`;
+  return String(parseFloat(value.toFixed(2)));
 }
 
+const TIME_STEPS = [5, 10, 15, 30, 60, 120, 300, 600].map((s) => s * 1000);
+
 export class LineChart {
-  constructor(canvas, { series, windowMs = 10 * 60_000, maxPoints = 2000, emptyText = "Waiting for data…", minMax = {} }) {
+  constructor(canvas, { series, windowMs = 10 * 60_000, minWindowMs = 30_000, maxPoints = 2000, emptyText = "Waiting for data…", minMax = {} }) {
     this.canvas = canvas;
+    this.minWindowMs = minWindowMs;
     this.minMax = minMax;
     this.series = series;
     this.windowMs = windowMs;
@@ -39,6 +42,7 @@ export class LineChart {
     const observer = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => this.draw()) : null;
     observer?.observe(canvas);
     window.addEventListener("themechange", () => this.draw());
+    setInterval(() => this.draw(), 1_000);
     this.draw();
   }
 
@@ -81,7 +85,11 @@ export class LineChart {
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
     const now = Date.now();
-    const t0 = now - this.windowMs;
+    // The window grows with the data (from `minWindowMs`) up to `windowMs`, then slides: a
+    // fresh page shows its first seconds across the chart rather than in a sliver at the edge.
+    const first = this.points.length ? this.points[0].t : now;
+    const span = Math.min(this.windowMs, Math.max(this.minWindowMs, (now - first) * 1.15));
+    const t0 = now - span;
     const visible = this.points.filter((p) => p.t >= t0 - 60_000);
 
     const maxFor = (axis) => {
@@ -90,16 +98,17 @@ export class LineChart {
       for (const s of this.series.filter((x) => (x.axis || "left") === axis)) {
         for (const p of visible) max = Math.max(max, Number(p.values[s.key]) || 0);
       }
-      return niceCeil(Math.max(this.minMax[axis] ?? 1, max * 1.1));
+      // A nice step first, so every grid line gets a round label.
+      return niceCeil(Math.max(this.minMax[axis] ?? 1, max * 1.1) / rows) * rows;
     };
+    const rows = 4;
     const scales = { left: maxFor("left"), right: hasRight ? maxFor("right") : 1 };
-    const x = (t) => pad.left + ((t - t0) / this.windowMs) * plotW;
+    const x = (t) => pad.left + ((t - t0) / span) * plotW;
     const y = (v, axis) => pad.top + plotH - (Math.max(0, v) / scales[axis]) * plotH;
 
     ctx.font = "11px system-ui, sans-serif";
     ctx.lineWidth = 1;
     // Horizontal grid and y labels.
-    const rows = 4;
     for (let i = 0; i <= rows; i++) {
       const gy = Math.round(pad.top + (plotH * i) / rows) + 0.5;
       ctx.strokeStyle = grid;
@@ -116,13 +125,14 @@ export class LineChart {
         ctx.fillText(formatTick((scales.right * (rows - i)) / rows), pad.left + plotW + 8, gy);
       }
     }
-    // Time labels every minute or two.
-    const stepMs = this.windowMs > 6 * 60_000 ? 2 * 60_000 : 60_000;
+    // About five time labels, on round seconds or minutes.
+    const stepMs = TIME_STEPS.find((step) => span / step <= 6) || TIME_STEPS[TIME_STEPS.length - 1];
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     for (let t = Math.ceil(t0 / stepMs) * stepMs; t <= now; t += stepMs) {
       const d = new Date(t);
-      const label = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+      const hm = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+      const label = stepMs < 60_000 ? `${hm}:${String(d.getSeconds()).padStart(2, "0")}` : hm;
       ctx.fillStyle = muted;
       ctx.fillText(label, x(t), pad.top + plotH + 8);
     }
