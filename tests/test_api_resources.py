@@ -18,7 +18,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
-async def test_sessions(start_service: ServiceFactory, database_url: str) -> None:
+async def test_sessions(database_url: str, start_service: ServiceFactory) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
         created = await http.post("/api/sessions", json={"id": "abc123", "name": "Release"})
@@ -48,7 +48,7 @@ async def test_sessions(start_service: ServiceFactory, database_url: str) -> Non
 
 
 async def test_agents_register_idempotent_and_presence(
-    start_service: ServiceFactory, ws_client: ClientFactory, database_url: str
+    database_url: str, start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
@@ -87,7 +87,7 @@ async def test_agents_register_idempotent_and_presence(
         assert {a["id"] for a in offline} == {"planner", "coder"}
 
 
-async def test_messages_inbox_read_once(start_service: ServiceFactory, database_url: str) -> None:
+async def test_messages_inbox_read_once(database_url: str, start_service: ServiceFactory) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
         sent = await http.post(
@@ -126,7 +126,7 @@ async def test_messages_inbox_read_once(start_service: ServiceFactory, database_
 
 
 async def test_message_ttl_expires_and_cannot_be_read(
-    start_service: ServiceFactory, database_url: str
+    database_url: str, start_service: ServiceFactory
 ) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
@@ -149,7 +149,7 @@ async def test_message_ttl_expires_and_cannot_be_read(
         assert inbox["items"] == []  # expired messages leave the inbox
 
 
-async def test_actions(start_service: ServiceFactory, database_url: str) -> None:
+async def test_actions(database_url: str, start_service: ServiceFactory) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
         created = await http.post(
@@ -165,7 +165,7 @@ async def test_actions(start_service: ServiceFactory, database_url: str) -> None
 
 
 async def test_server_side_publish(
-    start_service: ServiceFactory, ws_client: ClientFactory, database_url: str
+    database_url: str, start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(**data_settings(database_url))
     listener = await ws_client(service)

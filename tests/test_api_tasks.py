@@ -17,7 +17,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
-async def test_task_lifecycle_and_errors(start_service: ServiceFactory, database_url: str) -> None:
+async def test_task_lifecycle_and_errors(database_url: str, start_service: ServiceFactory) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
         created = await http.post(
@@ -94,7 +94,7 @@ async def test_task_lifecycle_and_errors(start_service: ServiceFactory, database
 
 
 async def test_task_filters_and_pagination(
-    start_service: ServiceFactory, database_url: str
+    database_url: str, start_service: ServiceFactory
 ) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
@@ -146,7 +146,7 @@ async def test_task_filters_and_pagination(
         ] == "INVALID_CURSOR"
 
 
-async def test_subtasks(start_service: ServiceFactory, database_url: str) -> None:
+async def test_subtasks(database_url: str, start_service: ServiceFactory) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
         task = (await http.post("/api/tasks", json={"title": "parent"})).json()

@@ -57,7 +57,7 @@ async def execute_raw(database_url: str, statement: str) -> None:
 
 
 async def test_rest_changes_reach_global_session_and_agent_channels(
-    start_service: ServiceFactory, ws_client: ClientFactory, database_url: str
+    database_url: str, start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(**data_settings(database_url))
     watchers = {}
@@ -134,7 +134,7 @@ async def test_rest_changes_reach_global_session_and_agent_channels(
 
 
 async def test_raw_sql_update_from_another_connection(
-    start_service: ServiceFactory, ws_client: ClientFactory, database_url: str
+    database_url: str, start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(**data_settings(database_url))
     watcher = await ws_client(service)
@@ -161,7 +161,7 @@ async def test_raw_sql_update_from_another_connection(
 
 
 async def test_websocket_message_new_is_stored_then_delivered_once(
-    start_service: ServiceFactory, ws_client: ClientFactory, database_url: str
+    database_url: str, start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(**data_settings(database_url))
     recipient = await ws_client(service, agent_id="coder")
@@ -216,7 +216,7 @@ async def test_websocket_message_new_is_stored_then_delivered_once(
 
 
 async def test_concurrent_writers_every_event_once(
-    start_service: ServiceFactory, ws_client: ClientFactory, database_url: str
+    database_url: str, start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(**data_settings(database_url))
     watcher = await ws_client(service)
@@ -235,7 +235,7 @@ async def test_concurrent_writers_every_event_once(
 
 
 async def test_two_processes_one_database(
-    start_service: ServiceFactory, ws_client: ClientFactory, database_url: str
+    database_url: str, start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     """A change made through one service reaches the clients of another; a message expires
     exactly once although both run a sweeper."""
@@ -280,7 +280,7 @@ async def count_events(database_url: str, event: str) -> int:
 
 
 async def test_agents_follow_websocket_with_batched_heartbeats(
-    start_service: ServiceFactory, ws_client: ClientFactory, database_url: str
+    database_url: str, start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(
         **data_settings(database_url, heartbeat_interval=0, agent_flush_interval=0.5)
