@@ -93,13 +93,13 @@ def format_event(event: Event, paint: Painter) -> str:
 # --- arguments ---------------------------------------------------------------------------------
 
 
-def _add_connection_options(parser: argparse.ArgumentParser, api: bool = False) -> None:
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    # The same options on every client command, so one set of flags (or an alias) fits all.
     parser.add_argument("--host", help="host of the service (HOST, default 127.0.0.1)")
     parser.add_argument("--ws-port", type=int, help="WebSocket port (WS_PORT, default 3849)")
+    parser.add_argument("--api-port", type=int, help="REST API port (API_PORT, default 3847)")
+    parser.add_argument("--dashboard-port", type=int, help="dashboard port (default 3848)")
     parser.add_argument("--url", help="WebSocket URL (default ws://HOST:WS_PORT/ws)")
-    if api:
-        parser.add_argument("--api-port", type=int, help="REST API port (API_PORT, default 3847)")
-        parser.add_argument("--dashboard-port", type=int, help="dashboard port (default 3848)")
     parser.add_argument(
         "--token",
         default=os.environ.get("CONTEXT_MANAGER_TOKEN"),
@@ -143,7 +143,7 @@ def add_commands(commands: Any) -> None:
         description="Print /health of the API, WebSocket server and dashboard, and /stats.",
     )
     status.add_argument("--json", action="store_true", help="print the raw documents as JSON")
-    _add_connection_options(status, api=True)
+    _add_connection_options(status)
 
 
 def _ws_url(args: argparse.Namespace, settings: Any) -> str:

@@ -200,7 +200,10 @@ class RealtimeClient:
             self._closing = False
             self._runner = asyncio.create_task(self._run(), name="realtime-client")
         if wait:
-            await self.wait_for_state(ConnectionState.CONNECTED, timeout or self.open_timeout)
+            final = (ConnectionState.CONNECTED, ConnectionState.OFFLINE, ConnectionState.CLOSED)
+            await self._wait_until(lambda: self.state in final, timeout or self.open_timeout)
+            if self.state is not ConnectionState.CONNECTED:
+                raise RealtimeError("OFFLINE", f"could not connect to {self.url}")
 
     async def close(self) -> None:
         """Close for good; pending requests fail with CLOSED and iterators end."""
@@ -244,15 +247,19 @@ class RealtimeClient:
 
     async def wait_for_state(self, state: ConnectionState, timeout: float | None = None) -> None:
         """Wait until the client is in `state`; raise RealtimeError(TIMEOUT) after `timeout`."""
+        await self._wait_until(lambda: self.state is state, timeout, str(state))
 
+    async def _wait_until(
+        self, predicate: Callable[[], bool], timeout: float | None, what: str = "ready"
+    ) -> None:
         async def _wait() -> None:
             async with self._state_changed:
-                await self._state_changed.wait_for(lambda: self.state is state)
+                await self._state_changed.wait_for(predicate)
 
         try:
             await asyncio.wait_for(_wait(), timeout)
         except TimeoutError:
-            raise RealtimeError("TIMEOUT", f"not {state} within {timeout} s") from None
+            raise RealtimeError("TIMEOUT", f"not {what} within {timeout} s") from None
 
     async def _set_state(self, state: ConnectionState, **extra: Any) -> None:
         if state is self.state and state is not ConnectionState.RECONNECTING:
