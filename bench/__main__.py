@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.machine import describe
+from bench.procfs import machine_busy_percent
 from bench.report import (
     append,
     correctness_problems,
@@ -67,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra environment for the service (e.g. LOG_LEVEL=warning); repeatable",
     )
     parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record the service with py-spy over each window; stacks and summaries go to DIR",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for the machine to be idle "
+        "(default 5, 2 with --quick; 0 = never wait)",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         default=ROOT / "bench" / "results",
@@ -75,8 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run_scenario(scenario: Scenario, ctx: Context, server: str) -> Row:
+# The machine counts as idle when less than this share of all CPUs is busy.
+QUIET_PERCENT = 15.0
+
+
+async def wait_quiet(limit: float) -> float:
+    """Wait up to `limit` seconds for the machine to go idle; return how busy it was last."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy = await asyncio.to_thread(machine_busy_percent, 0.5)
+        if busy < QUIET_PERCENT or time.monotonic() >= deadline:
+            return round(busy, 1)
+
+
+async def run_scenario(scenario: Scenario, ctx: Context, server: str, quiet: float) -> Row:
     """One scenario on one server; failures become a row, never end the suite."""
+    busy_before = await wait_quiet(quiet) if quiet > 0 else None
     started = time.monotonic()
     try:
         row = await scenario.run(ctx, server)
@@ -84,10 +114,14 @@ async def run_scenario(scenario: Scenario, ctx: Context, server: str) -> Row:
         row = {"failed": f"{type(exc).__name__}: {exc}"[:500]}
     row = {"scenario": scenario.name, "server": server, **row}
     row["wall_s"] = round(time.monotonic() - started, 1)
+    if busy_before is not None:
+        row["machine_busy_before_pct"] = busy_before
     return row
 
 
-async def run_rounds(scenario: Scenario, ctx: Context, servers: tuple[str, ...]) -> list[Row]:
+async def run_rounds(
+    scenario: Scenario, ctx: Context, servers: tuple[str, ...], quiet: float
+) -> list[Row]:
     """Alternate the servers for the scenario's rounds; keep each server's best round.
 
     The machine is shared and noisy: interference only ever makes a round worse, so the best
@@ -100,7 +134,9 @@ async def run_rounds(scenario: Scenario, ctx: Context, servers: tuple[str, ...])
         for server in targets:
             suffix = f" (round {number + 1}/{rounds})" if rounds > 1 else ""
             print(f"## {scenario.name} on {server}{suffix}: {scenario.summary}", file=sys.stderr)
-            tried[server].append(await run_scenario(scenario, ctx, server))
+            label = f"{scenario.name}-{server}" + (f"-{number + 1}" if rounds > 1 else "")
+            run_ctx = dataclasses.replace(ctx, label=label)
+            tried[server].append(await run_scenario(scenario, run_ctx, server, quiet))
     best: dict[str, Row] = {}
     for server, rows in tried.items():
         good = [row for row in rows if "failed" not in row and "skipped" not in row]
@@ -127,6 +163,7 @@ async def main(args: argparse.Namespace) -> int:
     servers = tuple(args.server or (REFERENCE, OURS))
     env = dict(item.split("=", 1) for item in args.env)
     pinning = Pinning.detect(not args.no_pin)
+    quiet = args.quiet_wait if args.quiet_wait is not None else (2.0 if args.quick else 5.0)
     if pinning.load:
         # The orchestrator mostly waits, but when it wakes it must not take the server's core.
         os.sched_setaffinity(0, {int(pinning.load)})
@@ -142,9 +179,9 @@ async def main(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cm-bench-") as tmp:
-        ctx = Context(Path(tmp), pinning, args.quick, env, args.postgres_url)
+        ctx = Context(Path(tmp), pinning, args.quick, env, args.postgres_url, args.profile)
         for scenario in chosen:
-            for row in await run_rounds(scenario, ctx, servers):
+            for row in await run_rounds(scenario, ctx, servers, quiet):
                 row.update(
                     run=stamp.isoformat(timespec="seconds"),
                     quick=args.quick,

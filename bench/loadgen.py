@@ -12,7 +12,7 @@ import contextlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +59,13 @@ async def run_load(
     pinning: Pinning,
     timeout: float,
     label: str,
+    on_phase: Callable[[str], Awaitable[None]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Phase]]:
-    """Run one generator to its end; return its result and the server samples at each phase."""
+    """Run one generator to its end; return its result and the server samples at each phase.
+
+    `on_phase(name)` runs at each barrier, after the sample and before the generator goes on
+    (the profiler starts and stops there).
+    """
     process = await asyncio.create_subprocess_exec(
         *pinning.wrap(argv, pinning.load),
         cwd=ROOT,
@@ -85,7 +90,10 @@ async def run_load(
                 print(f"  [{label}] {line.decode(errors='replace').rstrip()}", file=sys.stderr)
                 continue
             if "phase" in message:
-                phases[message["phase"]] = Phase(sample(server_pid), message)
+                core = int(pinning.server) if pinning.server else None
+                phases[message["phase"]] = Phase(sample(server_pid, core), message)
+                if on_phase is not None:
+                    await on_phase(message["phase"])
                 process.stdin.write(b"go\n")
                 await process.stdin.drain()
             elif "log" in message:

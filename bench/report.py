@@ -152,15 +152,15 @@ def table(rows: list[Row]) -> str:
     """The run as a Markdown table (reads fine in a terminal, pastes into the docs)."""
     header = (
         "| scenario | server | delivered/s | p50 ms | p99 ms | max ms | lost/dup/ooo "
-        "| CPU % | peak RSS MB | | vs reference |"
+        "| CPU % | other % | peak RSS MB | | vs reference |"
     )
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 12]
     for row in rows:
         name = row["scenario"]
         server = "ours" if row["server"] == OURS else "ref" if row["server"] == REFERENCE else ""
         if "skipped" in row or "failed" in row:
             note = row.get("skipped") or f"FAILED: {row.get('failed')}"
-            lines.append(f"| {name} | {server} | {note} |" + " |" * 8)
+            lines.append(f"| {name} | {server} | {note} |" + " |" * 9)
             continue
         latency = row.get("latency_ms") or {}
         counts = "/".join(str(row.get(k, "–")) for k in ("lost", "duplicated", "out_of_order"))
@@ -169,6 +169,7 @@ def table(rows: list[Row]) -> str:
             f"| {name} | {server} | {_num(row.get('delivered_per_s'))} "
             f"| {_num(latency.get('p50'), 2)} | {_num(latency.get('p99'), 2)} "
             f"| {_num(latency.get('max'), 1)} | {counts} | {_num(row.get('server_cpu_pct'))} "
+            f"| {_num(row.get('other_on_server_core_pct'))} "
             f"| {_num(peak / 1024 if isinstance(peak, int | float) else None, 1)} "
             f"| {_extra(row)} | {_vs(row)} |"
         )

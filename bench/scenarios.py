@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import Phase, node_argv, run_load
-from bench.procfs import cpu_percent, sample
-from bench.servers import OURS, REFERENCE, ROOT, Pinning, run_server
+from bench.procfs import cpu_percent, other_on_core_percent, sample
+from bench.profile import Profiler, summarize
+from bench.servers import OURS, REFERENCE, ROOT, Pinning, RunningServer, run_server
 
 Row = dict[str, Any]
 
@@ -34,6 +35,8 @@ class Context:
     quick: bool
     server_env: dict[str, str] = field(default_factory=dict)
     postgres_url: str | None = None
+    profile_dir: Path | None = None
+    label: str = ""  # "<scenario>-<server>[-<round>]": names profile files
 
     def pick(self, full: Any, quick: Any) -> Any:
         return quick if self.quick else full
@@ -68,7 +71,44 @@ def _window(phases: dict[str, Phase]) -> dict[str, Any]:
     start, end = phases.get("measure_start"), phases.get("measure_end")
     if start is None or end is None:
         return {}
-    return {"server_cpu_pct": cpu_percent(start.sample, end.sample)}
+    return {
+        "server_cpu_pct": cpu_percent(start.sample, end.sample),
+        "other_on_server_core_pct": other_on_core_percent(start.sample, end.sample),
+    }
+
+
+async def _drive(
+    ctx: Context, server: RunningServer, argv: list[str], timeout: float
+) -> tuple[Row, dict[str, Phase]]:
+    """Run a load generator against `server`, with py-spy over its window if asked to."""
+    profiler: Profiler | None = None
+    raw: Path | None = None
+    if ctx.profile_dir is not None and server.name == OURS:
+        ctx.profile_dir.mkdir(parents=True, exist_ok=True)
+        raw = ctx.profile_dir / f"{ctx.label or server.name}.txt"
+        profiler = Profiler(server.pid, raw, ctx.pinning)
+
+    async def on_phase(name: str) -> None:
+        if profiler is not None and name == "measure_start":
+            await profiler.start()
+        elif profiler is not None and name == "measure_end":
+            await profiler.stop()
+
+    result, phases = await run_load(
+        argv, server.pid, ctx.pinning, timeout, server.name, on_phase=on_phase
+    )
+    row: Row = dict(result)
+    if profiler is not None and raw is not None:
+        await profiler.stop()
+        row["profiled"] = True
+        if profiler.error is not None:
+            row["profile_error"] = profiler.error
+        elif raw.exists():
+            text, top = summarize(raw)
+            summary = raw.with_suffix(".summary.txt")
+            summary.write_text(text + "\n")
+            row["profile"] = {"raw": str(raw), "summary": str(summary), "own": top["own"][:10]}
+    return row, phases
 
 
 async def _node(
@@ -92,9 +132,7 @@ async def _node(
         config = {**config, "url": server.ws_url}
         if server.api_url is not None:
             config["apiUrl"] = server.api_url
-        result, phases = await run_load(
-            node_argv(config), server.pid, ctx.pinning, timeout, f"{server_name}"
-        )
+        result, phases = await _drive(ctx, server, node_argv(config), timeout)
         end = sample(server.pid)
     row: Row = {"params": {k: v for k, v in config.items() if k not in ("url", "apiUrl")}}
     row.update(result)
@@ -253,7 +291,7 @@ def bridge(postgres: bool) -> Runner:
             import orjson
 
             argv = [sys.executable, "-m", "bench.bridge_load", orjson.dumps(config).decode()]
-            result, phases = await run_load(argv, server.pid, ctx.pinning, 120, server_name)
+            result, phases = await _drive(ctx, server, argv, 120)
             end = sample(server.pid)
         row: Row = {"params": {"rows": config["rows"], "batch": config["batch"]}}
         row.update(result)
