@@ -212,6 +212,13 @@ class QueueSink:
         self._queue.clear()
         self._bytes = 0
         self._task.cancel()
+        # Still tell the peer, or it would wait forever on a connection nobody writes to.
+        # A task, because abort runs inside fan-out and must not block.
+        self._task = asyncio.get_running_loop().create_task(self._send_close(code, reason))
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     async def stop(self) -> None:
         self._task.cancel()

@@ -63,3 +63,7 @@ class WebSocketSurface:
                 await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         elif kind == "http":
             await self.http(scope, receive, send)  # type: ignore[arg-type]
+        elif kind == "lifespan":
+            # Served alone by another ASGI server, the surface runs the application's lifespan
+            # (Service runs it itself and starts uvicorn with lifespan="off").
+            await self.root(scope, receive, send)  # type: ignore[arg-type]
