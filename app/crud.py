@@ -82,7 +82,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise ValueError
         return parsed, ident
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise ApiError(422, "INVALID_CURSOR", "cursor is not one this API handed out") from None
+        raise ApiError(
+            422,
+            "INVALID_CURSOR",
+            "cursor is not one this API handed out",
+            loc=("query", "cursor"),
+        ) from None
 
 
 async def page(

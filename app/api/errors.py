@@ -11,7 +11,9 @@
     413 PAYLOAD_TOO_LARGE         a body above MAX_REQUEST_BYTES
     422 INVALID_CHANNEL / INVALID_EVENT   POST /api/events (the WebSocket protocol's codes)
 
-FastAPI's own 422 (request validation) keeps its standard `detail` list.
+FastAPI's own 422 (request validation) keeps its standard `detail` list, and every 422 of
+ours has that same shape (a list of {loc, msg, type}) plus `code`, so one schema describes all
+422s. A body that is not JSON at all is FastAPI's 400 ``{"detail": …}``.
 """
 
 from __future__ import annotations
@@ -21,20 +23,26 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.api.schemas import ErrorBody
+from app.api.schemas import ErrorBody, PlainError
 
 
 class ApiError(Exception):
     """Raised by a route; answered as ``{"detail": …, "code": …}`` with `status`."""
 
     def __init__(
-        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        loc: tuple[str, ...] = ("body",),
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.headers = headers
+        self.loc = loc
 
 
 def not_found(kind: str, ident: str) -> ApiError:
@@ -43,9 +51,17 @@ def not_found(kind: str, ident: str) -> ApiError:
 
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    if exc.status == 422:
+        return invalid(exc.loc, exc.detail, exc.code)
     return JSONResponse(
         {"detail": exc.detail, "code": exc.code}, status_code=exc.status, headers=exc.headers
     )
+
+
+def invalid(loc: tuple[str, ...], message: str, code: str) -> JSONResponse:
+    """A 422 in FastAPI's validation shape, with the stable `code` beside it."""
+    detail = [{"loc": list(loc), "msg": message, "type": code}]
+    return JSONResponse({"detail": detail, "code": code}, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -56,10 +72,14 @@ def install_error_handlers(app: FastAPI) -> None:
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for the error statuses a route can return."""
     described = {
+        400: "The body is not JSON.",
         404: "Unknown id.",
         409: "The change conflicts with the current state.",
     }
     return {
-        status: {"model": ErrorBody, "description": described.get(status, "Error.")}
+        status: {
+            "model": PlainError if status == 400 else ErrorBody,
+            "description": described.get(status, "Error."),
+        }
         for status in statuses
     }

@@ -25,6 +25,10 @@ from app.db.models import AgentStatus, SessionStatus, TaskStatus
 from app.realtime.channels import ID_PATTERN
 
 MAX_JSON_DEPTH = 32
+# The grammar of app.realtime.channels, for the OpenAPI document; the route still checks with
+# parse_channel / check_event and answers their codes.
+CHANNEL_PATTERN = f"^(global|metrics|(agents|sessions|topics)/{ID_PATTERN})$"
+EVENT_PATTERN = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$"
 
 
 def iso_ms(value: datetime) -> str:
@@ -65,14 +69,16 @@ def _valid_json(value: Any) -> Any:
 
 
 Id = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
-Text = Annotated[str, AfterValidator(clean_text)]
+# The pattern tells OpenAPI clients (and schemathesis) what clean_text enforces.
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$"), AfterValidator(clean_text)]
 Name = Annotated[Text, StringConstraints(min_length=1, max_length=200)]
 Title = Annotated[Text, StringConstraints(min_length=1, max_length=500)]
 LongText = Annotated[Text, StringConstraints(max_length=100_000)]
 Kind = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
 JsonValue = Annotated[Any, AfterValidator(_valid_json)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_valid_json)]
-Priority = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+# strict: JSON `true` is not a priority (lax mode would read it as 1).
+Priority = Annotated[int, Field(strict=True, ge=-1_000_000, le=1_000_000)]
 Timestamp = Annotated[datetime, PlainSerializer(iso_ms, return_type=str, when_used="json")]
 
 T = TypeVar("T")
@@ -96,6 +102,12 @@ class ErrorBody(BaseModel):
 
     detail: str = Field(examples=["Task task_123 not found"])
     code: str = Field(examples=["NOT_FOUND"])
+
+
+class PlainError(BaseModel):
+    """FastAPI's own error body (e.g. 400 for a body that is not JSON)."""
+
+    detail: str
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -279,7 +291,11 @@ class MessageCreate(Input):
     data: JsonValue = None
     session_id: Id | None = None
     ttl_seconds: int | None = Field(
-        None, ge=1, le=30 * 24 * 3600, description="Expire (message.expired) after this long."
+        None,
+        strict=True,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="Expire (message.expired) after this long.",
     )
 
     model_config = ConfigDict(
@@ -338,8 +354,18 @@ class ActionOut(BaseModel):
 
 
 class EventPublish(Input):
-    channel: str = Field(max_length=200, examples=["topics/deployments"])
-    event: str = Field(max_length=200, examples=["deploy.started"])
+    # The grammar is documented here but checked by the route, which answers the protocol's
+    # codes (INVALID_CHANNEL, INVALID_EVENT) rather than a generic pattern mismatch.
+    channel: str = Field(
+        max_length=1000,
+        examples=["topics/deployments"],
+        json_schema_extra={"pattern": CHANNEL_PATTERN, "maxLength": 160},
+    )
+    event: str = Field(
+        max_length=1000,
+        examples=["deploy.started"],
+        json_schema_extra={"pattern": EVENT_PATTERN, "maxLength": 64},
+    )
     data: JsonValue = None
 
     model_config = ConfigDict(

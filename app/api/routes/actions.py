@@ -14,7 +14,7 @@ from app.db.types import utcnow
 router = APIRouter(prefix="/api/actions", tags=["actions"])
 
 
-@router.post("", status_code=201, response_model=ActionOut, responses=responses(409))
+@router.post("", status_code=201, response_model=ActionOut, responses=responses(400, 409))
 async def record_action(body: ActionCreate, db: DbDep) -> ActionOut:
     """Record what an agent did."""
     row = Action(

@@ -41,7 +41,10 @@ def _out(row: Agent, manager: ConnectionManager, agents: AgentRecorder) -> Agent
     "",
     status_code=201,
     response_model=AgentOut,
-    responses={200: {"model": AgentOut, "description": "Already registered; updated."}},
+    responses={
+        **responses(400),
+        200: {"model": AgentOut, "description": "Already registered; updated."},
+    },
 )
 async def register_agent(
     body: AgentCreate,

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.auth import IdentityDep
 from app.api.deps import ManagerDep
-from app.api.errors import ApiError
+from app.api.errors import ApiError, invalid, responses
 from app.api.schemas import EventPublish, EventPublished
 from app.realtime.channels import check_event, parse_channel
 from app.realtime.permissions import may_publish
@@ -27,6 +27,7 @@ _INVALID_EXAMPLE = {
     "",
     response_model=EventPublished,
     responses={
+        **responses(400),
         403: {"description": "The caller's role may not publish this event on this channel."},
         422: {
             "description": "Invalid body; a channel or event outside the grammar carries the "
@@ -57,6 +58,4 @@ async def publish_event(body: EventPublish, manager: ManagerDep, identity: Ident
 
 
 def _invalid(field: str, exc: ProtocolError) -> JSONResponse:
-    # The shape of FastAPI's own 422 (so one schema covers both), plus the protocol's code.
-    detail = [{"loc": ["body", field], "msg": exc.message, "type": exc.code.value}]
-    return JSONResponse({"detail": detail, "code": exc.code.value}, status_code=422)
+    return invalid(("body", field), exc.message, exc.code.value)

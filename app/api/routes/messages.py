@@ -21,7 +21,7 @@ def message_out(row: Message) -> MessageOut:
     return MessageOut.model_validate(row, from_attributes=True)
 
 
-@router.post("", status_code=201, response_model=MessageOut, responses=responses(409))
+@router.post("", status_code=201, response_model=MessageOut, responses=responses(400, 409))
 async def send_message(body: MessageCreate, db: DbDep, bridge: BridgeDep) -> MessageOut:
     """Store a message for `to_agent`; emits message.new to `agents/{to_agent}`."""
     row = await crud.create_message(
@@ -65,7 +65,7 @@ async def get_message(message_id: PathId, db: DbDep) -> MessageOut:
     return message_out(row)
 
 
-@router.post("/{message_id}/read", response_model=MessageOut, responses=responses(404, 409))
+@router.post("/{message_id}/read", response_model=MessageOut, responses=responses(400, 404, 409))
 async def mark_read(message_id: PathId, db: DbDep, bridge: BridgeDep) -> MessageOut:
     """Mark a message read (once: emits message.read the first time; 409 once expired)."""
     result = await db.execute(

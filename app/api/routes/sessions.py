@@ -28,7 +28,7 @@ def _out(row: Session) -> SessionOut:
     )
 
 
-@router.post("", status_code=201, response_model=SessionOut, responses=responses(409))
+@router.post("", status_code=201, response_model=SessionOut, responses=responses(400, 409))
 async def create_session(body: SessionCreate, db: DbDep, bridge: BridgeDep) -> SessionOut:
     """Start a session (409 when the id is taken)."""
     row = Session(
@@ -65,7 +65,7 @@ async def get_session(session_id: PathId, db: DbDep) -> SessionOut:
     return _out(row)
 
 
-@router.patch("/{session_id}", response_model=SessionOut, responses=responses(404, 409))
+@router.patch("/{session_id}", response_model=SessionOut, responses=responses(400, 404, 409))
 async def update_session(
     session_id: PathId, body: SessionUpdate, db: DbDep, bridge: BridgeDep
 ) -> SessionOut:

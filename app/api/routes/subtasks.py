@@ -23,7 +23,7 @@ def subtask_out(row: Subtask) -> SubtaskOut:
     "/api/tasks/{task_id}/subtasks",
     status_code=201,
     response_model=SubtaskOut,
-    responses=responses(404, 409),
+    responses=responses(400, 404, 409),
 )
 async def create_subtask(
     task_id: PathId, body: SubtaskCreate, db: DbDep, bridge: BridgeDep
@@ -64,7 +64,7 @@ async def list_subtasks(
 
 
 @router.patch(
-    "/api/subtasks/{subtask_id}", response_model=SubtaskOut, responses=responses(404, 409)
+    "/api/subtasks/{subtask_id}", response_model=SubtaskOut, responses=responses(400, 404, 409)
 )
 async def update_subtask(
     subtask_id: PathId, body: SubtaskUpdate, db: DbDep, bridge: BridgeDep

@@ -21,7 +21,7 @@ def task_out(row: Task) -> TaskOut:
     return TaskOut.model_validate(row, from_attributes=True)
 
 
-@router.post("", status_code=201, response_model=TaskOut, responses=responses(409))
+@router.post("", status_code=201, response_model=TaskOut, responses=responses(400, 409))
 async def create_task(body: TaskCreate, db: DbDep, bridge: BridgeDep) -> TaskOut:
     """Queue a task (status pending); emits task.created."""
     now = utcnow()
@@ -67,7 +67,7 @@ async def get_task(task_id: PathId, db: DbDep) -> TaskOut:
     return task_out(row)
 
 
-@router.patch("/{task_id}", response_model=TaskOut, responses=responses(404, 409))
+@router.patch("/{task_id}", response_model=TaskOut, responses=responses(400, 404, 409))
 async def update_task(task_id: PathId, body: TaskUpdate, db: DbDep, bridge: BridgeDep) -> TaskOut:
     """Change a task: its status (validated), result, error, … Emits task.updated, or
     task.completed / task.failed when it reaches that status."""
