@@ -143,7 +143,9 @@ async def test_seed_client_session(service: Service, ws_client: ClientFactory) -
 
     event = await other.next_event("message.new")
     assert event["channel"] == "agents/other-agent"
-    assert event["data"] == {"content": "Hello!"}
+    # A message.new is also stored and may carry more (its id, sender…): the seed's reader
+    # still finds its content where it put it.
+    assert event["data"]["content"] == "Hello!"
     assert_recent_ms(event["timestamp"])
 
     await client.send({"type": "ping", "timestamp": ts})
