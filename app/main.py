@@ -42,7 +42,9 @@ from app.core.config import Settings
 from app.dashboard import DashboardSurface
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.services import DataServices
+from app.ops import OpsSurface
 from app.realtime.broker import create_broker
+from app.realtime.cluster import create_cluster
 from app.realtime.http import WebSocketSurface
 from app.realtime.manager import ConnectionManager
 
@@ -56,7 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
     engine = create_engine(settings.database_url)
     broker = create_broker(settings, node_id)
-    manager = ConnectionManager(settings, broker, node_id)
+    cluster = create_cluster(settings, node_id)
+    manager = ConnectionManager(settings, broker, node_id, cluster=cluster)
     app.state.node_id = node_id
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
@@ -69,8 +72,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await manager.start()
     try:
         await data.start()
+        app.state.started = True  # /readyz: start-up finished
         yield
     finally:
+        app.state.started = False
         # Clients first (they may still be flushing), then the background machinery.
         if not manager.draining:
             await manager.drain()
@@ -106,6 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "api": app,
         "ws": WebSocketSurface(app),
         "dashboard": DashboardSurface(app),
+    }
+    # /livez, /readyz and /metrics on every port; REST requests timed on the API's (app/ops.py).
+    surfaces = {
+        name: OpsSurface(app, inner, name, timed=name == "api")
+        for name, inner in surfaces.items()
     }
     app.state.surfaces = surfaces
     return app

@@ -21,6 +21,7 @@ from app.core.config import Settings
 from app.core.security import TokenCodec
 from app.realtime.broker.base import Broker
 from app.realtime.channels import agent_channel
+from app.realtime.cluster import Cluster
 from app.realtime.connection import Connection
 from app.realtime.history import StreamPosition
 from app.realtime.hub import Hub, Subscribed
@@ -60,6 +61,7 @@ class ConnectionManager:
         broker: Broker,
         node_id: str,
         presence_store: PresenceStore | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = node_id
@@ -68,7 +70,10 @@ class ConnectionManager:
         self.hub = Hub(broker, self.stats)
         self.permissions = Permissions()
         self.presence = AgentPresence(settings.heartbeat_interval)
-        self.presence_store = presence_store or MemoryPresenceStore()
+        # With many nodes the cluster decides an agent's first/last connection anywhere (and
+        # is the channel presence store); AgentPresence still counts this node's connections.
+        self.cluster = cluster
+        self.presence_store = presence_store or cluster or MemoryPresenceStore()
         self.connections: dict[str, Connection] = {}
         self.presence_listeners: list[PresenceListener] = []
         self.tokens = TokenCodec(settings) if settings.auth_mode == "token" else None
@@ -80,6 +85,8 @@ class ConnectionManager:
 
     async def start(self) -> None:
         await self.broker.start(self.hub)
+        if self.cluster is not None:
+            await self.cluster.start(self)
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-sweeper")
 
     async def stop(self) -> None:
@@ -197,14 +204,27 @@ class ConnectionManager:
     async def _agent_joined(self, connection: Connection) -> None:
         agent_id = connection.agent_id
         assert agent_id is not None
-        if self.presence.add(agent_id):
+        if self.presence.add(agent_id) and await self._cluster_decides(agent_id, online=True):
             extra = {"connected_at": connection.connected_at}
             await self._publish_agent_event("agent.connected", agent_id, connection, extra)
 
     async def _agent_left(self, agent_id: str, connection: Connection, code: int | None) -> None:
-        if self.presence.remove(agent_id):
+        if self.presence.remove(agent_id) and await self._cluster_decides(agent_id, online=False):
             extra = {"close_code": code}
             await self._publish_agent_event("agent.disconnected", agent_id, connection, extra)
+
+    async def _cluster_decides(self, agent_id: str, online: bool) -> bool:
+        """First (last) on this node: is it the first (last) in the cluster too?"""
+        cluster = self.cluster
+        if cluster is None:
+            return True
+        try:
+            if online:
+                return await cluster.agent_online(agent_id)
+            return await cluster.agent_offline(agent_id)
+        except Exception:  # noqa: BLE001 - store down: decide locally, as one node would
+            logger.warning("cluster presence unavailable for %s", agent_id, exc_info=True)
+            return True
 
     async def heartbeat(self, connection: Connection) -> None:
         """A ping from an agent: publish agent.heartbeat, throttled per agent."""
@@ -222,6 +242,10 @@ class ConnectionManager:
             "node_id": self.node_id,
             **extra,
         }
+        await self.announce_agent_event(event, agent_id, data)
+
+    async def announce_agent_event(self, event: str, agent_id: str, data: dict[str, Any]) -> None:
+        """Publish an agent.* event on `global` and the agent's channel; tell the listeners."""
         for channel in ("global", agent_channel(agent_id)):
             try:
                 await self.publish(channel, event, data)
@@ -303,4 +327,6 @@ class ConnectionManager:
         stats["subscriptions"]["current"] = sum(channel_stats.values())
         stats["channels"] = {"active": len(channel_stats), "subscribers": channel_stats}
         stats["agents_online"] = len(self.presence.online())
+        if self.cluster is not None:
+            stats["cluster"] = self.cluster.view()
         return stats
