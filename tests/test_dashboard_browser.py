@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -417,6 +418,93 @@ async def test_browser_client_recovers_missed_events_with_since(
     await page.wait_for_function("() => window.received.length === 10", timeout=5_000)
     assert await page.evaluate("window.received") == list(range(10))
     assert await page.evaluate("window.recoveries") == [True]
+
+
+# --- the React hooks, with the real React ---------------------------------------------------
+
+REACT = Path(__file__).resolve().parent / "vendor" / "react-18.3.1"
+
+
+def _serve_file(path: Path) -> Any:
+    async def handler(route: Any) -> None:
+        await route.fulfill(path=path)
+
+    return handler
+
+
+async def test_react_hooks_share_one_client_and_follow_the_stream(
+    start_service: ServiceFactory, open_page: Any
+) -> None:
+    service = await start_service(surfaces=SURFACES, metrics_interval=1)
+    # A real page of the service as the host document (Chromium lets only pages served from
+    # loopback reach a loopback WebSocket); its own client is closed so the hooks' one is alone.
+    page = await open_page(dashboard_url(service, "/live?channels=topics/none"))
+    await wait_connected(page)
+    await page.evaluate("() => window.cmClient.close()")
+    # React's UMD builds, on the page's own origin (the CSP allows scripts from 'self' only).
+    for name in ("react.production.min.js", "react-dom.production.min.js"):
+        await page.route(f"**/vendor/{name}", _serve_file(REACT / name))
+        await page.add_script_tag(url=f"/vendor/{name}")
+    await page.evaluate(
+        """async (url) => {
+            const { createRealtimeHooks } = await import('/static/react-hooks.js');
+            const hooks = createRealtimeHooks(React, { url, agentId: 'react-ui' });
+            const e = React.createElement;
+            function App() {
+                const { metrics, connected } = hooks.useRealtimeMetrics();
+                const { events } = hooks.useRealtimeEvents({
+                    channels: ['global'], event: 'task.*', limit: 3 });
+                const { messages, send } = hooks.useAgentChannel('react-ui');
+                window.sendMessage = send;
+                return e('div', { id: 'app' }, JSON.stringify({
+                    connected,
+                    agents: metrics ? metrics.active_agents : null,
+                    events: events.map((f) => f.data.title),
+                    messages: messages.map((f) => f.data.content),
+                }));
+            }
+            const root = document.createElement('div');
+            document.body.append(root);
+            ReactDOM.createRoot(root).render(e(App));
+        }""",
+        f"ws://127.0.0.1:{service.settings.ws_port}/ws",
+    )
+
+    async def view() -> dict[str, Any]:
+        text = await page.inner_text("#app")
+        return dict(json.loads(text))
+
+    await page.wait_for_function(
+        "() => JSON.parse(document.querySelector('#app').textContent).agents === 1",
+        timeout=5_000,
+    )
+    assert (await view())["connected"] is True
+    # Three hooks, one WebSocket.
+    hooks = [c for c in service.manager.connections.values() if c.agent_id == "react-ui"]
+    assert len(hooks) == 1
+
+    async with api(service) as http:
+        for n in range(4):
+            await http.post("/api/tasks", json={"title": f"react task {n}"})
+        await page.wait_for_function(
+            "() => JSON.parse(document.querySelector('#app').textContent).events.length === 3"
+            " && JSON.parse(document.querySelector('#app').textContent).events[0]"
+            " === 'react task 3'"
+        )
+        assert (await view())["events"] == ["react task 3", "react task 2", "react task 1"]
+
+        await page.evaluate("() => window.sendMessage('backend', 'hello from react')")
+        inbox = (await http.get("/api/messages", params={"to_agent": "backend"})).json()
+        assert [m["content"] for m in inbox["items"]] == ["hello from react"]
+        assert inbox["items"][0]["from_agent"] == "react-ui"
+        await http.post(
+            "/api/messages",
+            json={"from_agent": "backend", "to_agent": "react-ui", "content": "hi back"},
+        )
+    await page.wait_for_function(
+        "() => JSON.parse(document.querySelector('#app').textContent).messages.length === 1"
+    )
+    assert (await view())["messages"] == ["hi back"]
 
 
 # --- screenshots ----------------------------------------------------------------------------
