@@ -61,14 +61,17 @@ async def compute_snapshot(
         duration = _seconds_between(
             db, func.coalesce(Task.started_at, Task.created_at), Task.completed_at
         )
+        # One range seek per status on ix_tasks_finished (status, completed_at); with a
+        # GROUP BY, SQLite's planner walks the whole status index instead (0.6 s on 400k rows).
         finished: dict[str, tuple[int, float | None]] = {}
-        for status, count, mean in (
-            await db.execute(
-                select(Task.status, func.count(), func.avg(duration))
-                .where(Task.completed_at >= hour_ago)
-                .group_by(Task.status)
-            )
-        ).all():
+        for status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+            count, mean = (
+                await db.execute(
+                    select(func.count(), func.avg(duration)).where(
+                        Task.status == status.value, Task.completed_at >= hour_ago
+                    )
+                )
+            ).one()
             finished[status] = (int(count), float(mean) if mean is not None else None)
         unread = await db.scalar(
             select(func.count())

@@ -408,7 +408,7 @@ def upgrade() -> None:
     op.create_index("ix_tasks_status", "tasks", ["status", "created_at"])
     op.create_index("ix_tasks_agent_id", "tasks", ["agent_id", "created_at"])
     op.create_index("ix_tasks_session_id", "tasks", ["session_id", "created_at"])
-    op.create_index("ix_tasks_completed_at", "tasks", ["completed_at", "status"])
+    op.create_index("ix_tasks_finished", "tasks", ["status", "completed_at"])
 
     op.create_table(
         "subtasks",
