@@ -269,3 +269,32 @@ async def test_silent_server_counts_as_dead_and_the_client_reconnects() -> None:
         finally:
             done.set()
             await client.close()
+
+
+async def test_events_seen_twice_are_delivered_once() -> None:
+    """A replay that overlaps what already arrived (same epoch, offset not newer) is dropped."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "connected", "client_id": "ws_scripted"}))
+        request = json.loads(await ws.recv())
+        assert request["type"] == "subscribe"
+        ack = {"type": "ack", "id": request["id"], "success": True, "offset": 0, "epoch": "e1"}
+        await ws.send(json.dumps(ack))
+        for offset, epoch in ((1, "e1"), (2, "e1"), (2, "e1"), (1, "e1"), (3, "e1"), (1, "e2")):
+            frame = {
+                "channel": "topics/d",
+                "event": "note.added",
+                "data": {"o": offset},
+                "timestamp": 0,
+                "offset": offset,
+                "epoch": epoch,
+            }
+            await ws.send(json.dumps(frame))
+        await ws.wait_closed()
+
+    port = free_port()
+    async with serve(handler, "127.0.0.1", port, ping_interval=None):
+        async with client_for(f"ws://127.0.0.1:{port}/ws") as client:
+            got = await collect(client.events("topics/d"), 4)
+    # 1, 2, 3 once each; then a new epoch starts a new stream.
+    assert [(e.offset, e.epoch) for e in got] == [(1, "e1"), (2, "e1"), (3, "e1"), (1, "e2")]

@@ -233,6 +233,33 @@ async def test_indicator_tells_the_truth_when_the_websocket_server_restarts(
     assert restarted.manager.hub.channel_stats().get("metrics") == 1
 
 
+async def test_dashboard_in_token_mode(start_service: ServiceFactory, open_page: Any) -> None:
+    """With AUTH_MODE=token the dashboard role's token opens it; without one it says so."""
+    from app.core.security import Role, TokenCodec
+
+    service = await start_service(
+        surfaces=SURFACES,
+        metrics_interval=1,
+        auth_mode="token",
+        secret_key="k" * 40,
+        auth_timeout=1,
+    )
+    token = TokenCodec(service.settings).create("ops-screen", role=Role.DASHBOARD, ttl=600)
+    page = await open_page(dashboard_url(service, f"/dashboard?token={token}"))
+    await wait_connected(page)
+    assert "token=" not in page.url  # kept for the tab, not in the address bar or history
+    await subscribed(page, "metrics", "global")
+    await kpi_is(page, "connected_clients", "1")
+    assert not await page.is_visible("#banner")  # the REST calls were accepted too
+
+    anonymous = await open_page(dashboard_url(service, "/dashboard"))
+    await anonymous.wait_for_function(
+        "() => document.querySelector('#connection').dataset.state === 'offline'", timeout=5_000
+    )
+    assert "3500" in (await anonymous.get_attribute("#connection", "title") or "")
+    assert "401" in await anonymous.inner_text("#banner")
+
+
 # --- /live ----------------------------------------------------------------------------------
 
 

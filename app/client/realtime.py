@@ -417,6 +417,10 @@ class RealtimeClient:
             return
         kind = frame.get("type")
         if kind == "ack":
+            entry = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
+            if entry is not None and entry[1].get("type") == "subscribe":
+                # Before any event that follows this ack is dispatched: see _track_subscribe.
+                self._track_subscribe(entry[1], frame)
             self._settle(frame.get("id"), frame, None)
         elif kind in ("pong", "connected"):
             return
@@ -427,6 +431,9 @@ class RealtimeClient:
         elif isinstance(frame.get("event"), str) and isinstance(frame.get("channel"), str):
             event = Event.from_frame(frame)
             if event.offset is not None:
+                seen = self._positions.get(event.channel)
+                if seen is not None and seen[1] == event.epoch and event.offset <= seen[0]:
+                    return  # already delivered (a replay overlapping what arrived live)
                 self._positions[event.channel] = (event.offset, event.epoch)
             for queue in self._queues:
                 if (not queue.channels or event.channel in queue.channels) and queue.matches(
@@ -565,18 +572,23 @@ class RealtimeClient:
             return
         sub.confirmed = True
         sub.ack = ack
-        offset = ack.get("offset")
-        if isinstance(offset, int) and ("since" not in message or ack.get("recovered") is False):
-            # Start from the stream's top when there was nothing to recover from, or when the
-            # gap could not be recovered; after a recovery the replayed events advance it.
-            epoch = ack.get("epoch")
-            self._positions[channel] = (offset, epoch if isinstance(epoch, str) else None)
         if "since" in message and ack.get("recovered") is False:
             logger.info("could not recover %s: reload its state", channel)
         for waiter in sub.waiters:
             if not waiter.done():
                 waiter.set_result(ack)
         sub.waiters.clear()
+
+    def _track_subscribe(self, message: dict[str, Any], ack: dict[str, Any]) -> None:
+        """Start from the stream's top when there was nothing to recover from, or when the
+        gap could not be recovered; after a recovery the replayed events advance it."""
+        offset = ack.get("offset")
+        channel = message.get("channel")
+        if not isinstance(offset, int) or not isinstance(channel, str):
+            return
+        if "since" not in message or ack.get("recovered") is False:
+            epoch = ack.get("epoch")
+            self._positions[channel] = (offset, epoch if isinstance(epoch, str) else None)
 
     async def unsubscribe(self, channel: str) -> dict[str, Any] | None:
         """Stop receiving `channel` and stop resubscribing to it."""

@@ -314,6 +314,9 @@ export class RealtimeClient {
     }
     if (typeof frame.event === "string" && typeof frame.channel === "string") {
       if (typeof frame.offset === "number") {
+        const seen = this._positions.get(frame.channel);
+        // Already delivered (a replay overlapping what arrived live): drop it, once is enough.
+        if (seen && seen.epoch === (frame.epoch ?? null) && frame.offset <= seen.offset) return;
         this._positions.set(frame.channel, { offset: frame.offset, epoch: frame.epoch ?? null });
       }
       this._emit("event", frame);

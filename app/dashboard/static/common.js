@@ -59,7 +59,8 @@ export function bindConnectionPill(client, pill) {
       text = `Reconnecting… (attempt ${client.attempt})`;
     }
     label.textContent = text;
-    const why = detail.reason ? ` — ${detail.reason}` : detail.code ? ` — closed with ${detail.code}` : "";
+    const reason = detail.reason && !detail.reason.startsWith("closed with") ? detail.reason : "";
+    const why = detail.code ? ` — closed with ${detail.code}${reason ? ` (${reason})` : ""}` : reason ? ` — ${reason}` : "";
     pill.title =
       state === "connected"
         ? `Connected to ${config.wsUrl} as ${client.clientId}`

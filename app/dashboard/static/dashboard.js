@@ -253,10 +253,14 @@ function onTaskEvent(frame) {
 
 // --- loading ------------------------------------------------------------------------------------
 
-function showBanner(message) {
+const problems = new Map(); // what is wrong, by source; the banner lists each once
+
+function setProblem(source, message) {
+  if (message) problems.set(source, message);
+  else problems.delete(source);
   const banner = $("#banner");
-  banner.textContent = message || "";
-  banner.classList.toggle("show", Boolean(message));
+  banner.replaceChildren(...[...problems.values()].map((text) => h("div", {}, text)));
+  banner.classList.toggle("show", problems.size > 0);
 }
 
 async function loadSubtasks(taskId) {
@@ -283,7 +287,7 @@ async function reload() {
     await Promise.allSettled(latest.map((t) => loadSubtasks(t.id)));
     renderTasks();
   } else failures.push(`tasks (${tasks.reason.message})`);
-  showBanner(failures.length ? `Could not load ${failures.join(", ")}. Live updates continue.` : "");
+  setProblem("rest", failures.length ? `Could not load ${failures.join(", ")}. Live updates continue.` : "");
 }
 
 // --- wiring -------------------------------------------------------------------------------------
@@ -297,8 +301,12 @@ client.on("recovery", ({ recovered }) => {
 });
 
 client.connect();
-client.subscribe("metrics").catch((err) => showBanner(`Cannot subscribe to metrics: ${err.message}`));
-client.subscribe("global").catch((err) => showBanner(`Cannot subscribe to global: ${err.message}`));
+for (const channel of ["metrics", "global"]) {
+  client
+    .subscribe(channel)
+    .then(() => setProblem(channel, null))
+    .catch((err) => setProblem(channel, `Cannot subscribe to ${channel}: ${err.message}`));
+}
 reload();
 setInterval(() => {
   renderAgents();
