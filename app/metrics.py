@@ -3,9 +3,10 @@
 The snapshot is computed once per interval whatever the number of listeners, and GET
 /api/metrics returns the latest one. It must stay cheap on large tables: every query is an
 index lookup, either bounded by a time window (the last minute, the last hour) or counting a
-small set (active sessions, online agents). Two counts are over whole tables by nature —
-tasks by status and unread messages — and read only narrow indexes (`ix_tasks_status`,
-`ix_messages_unread`). `bench/metrics_cost.py` measures the whole snapshot on a million rows.
+small set (active sessions, online agents, unread messages, unfinished tasks). Tasks by
+status is kept by `TaskCounter`: finished tasks never change, so their counts are a base from
+a full count every ten minutes plus the tasks finished since. `bench/metrics_cost.py`
+measures the whole snapshot on a million rows.
 """
 
 from __future__ import annotations
@@ -36,8 +37,73 @@ def _seconds_between(connection: AsyncConnection, start: Any, end: Any) -> Colum
     return cast((func.julianday(end) - func.julianday(start)) * 86400.0, Float)
 
 
+class TaskCounter:
+    """Tasks by status without counting the whole table every tick.
+
+    A finished task never changes again (the API enforces it), so the finished statuses only
+    grow: their count is a base, taken by a full count every RECOUNT seconds over tasks that
+    finished before a settled mark (`SETTLE` seconds before the count), plus a range seek on
+    ix_tasks_finished for tasks finished after the mark. The unfinished statuses are few and
+    counted exactly each time. The periodic full count corrects what the API's rules do not
+    cover (a raw SQL writer finishing a task without completed_at, deletions).
+    """
+
+    RECOUNT = 600.0
+    SETTLE = timedelta(seconds=60)  # longer than any transaction between stamp and commit
+
+    def __init__(self) -> None:
+        self.base: dict[str, int] | None = None
+        self.mark: Any = None
+        self.counted_at = 0.0
+        self.full_counts = 0
+
+    async def count(self, db: AsyncConnection, now: Any) -> dict[str, int]:
+        loop_time = asyncio.get_running_loop().time()
+        by_status = {status.value: 0 for status in TaskStatus}
+        finished = [s.value for s in TaskStatus if s.finished]
+        if self.base is None or loop_time - self.counted_at >= self.RECOUNT:
+            mark = now - self.SETTLE
+            base = dict.fromkeys(finished, 0)
+            for status, count in (
+                await db.execute(
+                    select(Task.status, func.count())
+                    .where(Task.status.in_(finished), Task.completed_at <= mark)
+                    .group_by(Task.status)
+                )
+            ).all():
+                base[status] = int(count)
+            # Finished without completed_at (raw SQL): only the full count sees them.
+            for status, count in (
+                await db.execute(
+                    select(Task.status, func.count())
+                    .where(Task.status.in_(finished), Task.completed_at.is_(None))
+                    .group_by(Task.status)
+                )
+            ).all():
+                base[status] += int(count)
+            self.base, self.mark, self.counted_at = base, mark, loop_time
+            self.full_counts += 1
+        for status in TaskStatus:
+            if status.finished:
+                recent = await db.scalar(
+                    select(func.count())
+                    .select_from(Task)
+                    .where(Task.status == status.value, Task.completed_at > self.mark)
+                )
+                by_status[status.value] = self.base[status.value] + int(recent or 0)
+            else:
+                counted = await db.scalar(
+                    select(func.count()).select_from(Task).where(Task.status == status.value)
+                )
+                by_status[status.value] = int(counted or 0)
+        return by_status
+
+
 async def compute_snapshot(
-    engine: AsyncEngine, connected_clients: int = 0, live_agents: frozenset[str] = frozenset()
+    engine: AsyncEngine,
+    connected_clients: int = 0,
+    live_agents: frozenset[str] = frozenset(),
+    counter: TaskCounter | None = None,
 ) -> dict[str, Any]:
     """One KPI snapshot from the database, plus this node's live connections."""
     now = utcnow()
@@ -53,11 +119,7 @@ async def compute_snapshot(
         actions = await db.scalar(
             select(func.count()).select_from(Action).where(Action.created_at >= minute_ago)
         )
-        by_status = {status.value: 0 for status in TaskStatus}
-        for status, count in (
-            await db.execute(select(Task.status, func.count()).group_by(Task.status))
-        ).all():
-            by_status[status] = int(count)
+        by_status = await (counter or TaskCounter()).count(db, now)
         duration = _seconds_between(
             db, func.coalesce(Task.started_at, Task.created_at), Task.completed_at
         )
@@ -113,6 +175,7 @@ class MetricsTask:
         self._latest: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.counter = TaskCounter()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="metrics")
@@ -133,6 +196,7 @@ class MetricsTask:
                 self.engine,
                 connected_clients=len(self.manager.connections),
                 live_agents=frozenset(self.manager.presence.online()),
+                counter=self.counter,
             )
             self.last_duration = loop.time() - started
             self.computed += 1
