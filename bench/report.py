@@ -132,7 +132,11 @@ def _extra(row: Row) -> str:
     if "publish_per_s" in row:
         return f"{row['publish_per_s']:,.0f} pub/s"
     if "metrics_cost" in row:
-        return orjson.dumps(row["metrics_cost"]).decode()[:60]
+        cost = row["metrics_cost"]
+        snap = cost.get("snapshot_ms") or {}
+        rows = cost.get("total_rows")
+        size = f"{rows / 1e6:.1f}M rows: " if isinstance(rows, int | float) else ""
+        return f"{size}snapshot {snap.get('median')} ms median, {snap.get('first')} ms first"
     return ""
 
 
@@ -146,6 +150,10 @@ def _vs(row: Row) -> str:
         "cpu": "cpu",
     }
     return ", ".join(f"{labels[k]} ×{v:.2f}" for k, v in ratio.items() if k in labels)
+
+
+# A generator this busy may be what limits the figure: the row is marked, not dropped.
+LOAD_BOUND_PCT = 90.0
 
 
 def table(rows: list[Row]) -> str:
@@ -164,15 +172,22 @@ def table(rows: list[Row]) -> str:
             continue
         latency = row.get("latency_ms") or {}
         counts = "/".join(str(row.get(k, "–")) for k in ("lost", "duplicated", "out_of_order"))
+        load = row.get("load_cpu_pct")
+        mark = " †" if isinstance(load, int | float) and load >= LOAD_BOUND_PCT else ""
         peak = row.get("server_rss_peak_kb")
         lines.append(
-            f"| {name} | {server} | {_num(row.get('delivered_per_s'))} "
+            f"| {name} | {server} | {_num(row.get('delivered_per_s'))}{mark} "
             f"| {_num(latency.get('p50'), 2)} | {_num(latency.get('p99'), 2)} "
             f"| {_num(latency.get('max'), 1)} | {counts} | {_num(row.get('server_cpu_pct'))} "
             f"| {_num(row.get('other_on_server_core_pct'))} "
             f"| {_num(peak / 1024 if isinstance(peak, int | float) else None, 1)} "
             f"| {_extra(row)} | {_vs(row)} |"
         )
+    lines.append(
+        f"\n† the load generator used ≥ {LOAD_BOUND_PCT:.0f}% of its core: "
+        "the figure may be the generator's limit. other % = busy time of the server's core not "
+        "spent in the server (other processes, loopback TCP in softirq)."
+    )
     return "\n".join(lines)
 
 

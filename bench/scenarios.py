@@ -329,11 +329,15 @@ async def metrics_cost(ctx: Context, server_name: str) -> Row:
         process.kill()
         await process.wait()
         return {"failed": "bench.metrics_cost did not finish within 300 s"}
-    lines = [line for line in stdout.decode().splitlines() if line.strip().startswith("{")]
-    if process.returncode != 0 or not lines:
+    if process.returncode != 0:
         tail = stderr.decode(errors="replace")[-500:]
         return {"failed": f"bench.metrics_cost exited {process.returncode}: {tail}"}
-    return {"metrics_cost": orjson.loads(lines[-1]), "params": {"database_url": "sqlite (temp)"}}
+    text = stdout.decode()
+    try:
+        figures = orjson.loads(text[text.index("{") :])  # one JSON object, maybe indented
+    except (ValueError, orjson.JSONDecodeError):
+        return {"failed": f"bench.metrics_cost printed no JSON object: {text[-300:]!r}"}
+    return {"metrics_cost": figures, "params": {"database_url": "sqlite (temp)"}}
 
 
 SCENARIOS: tuple[Scenario, ...] = (
