@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="record the service with py-spy over each window; stacks and summaries go to DIR",
     )
     parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: include C frames (uvloop, orjson, libc) in the stacks",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=None,
@@ -179,7 +184,15 @@ async def main(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cm-bench-") as tmp:
-        ctx = Context(Path(tmp), pinning, args.quick, env, args.postgres_url, args.profile)
+        ctx = Context(
+            Path(tmp),
+            pinning,
+            args.quick,
+            env,
+            args.postgres_url,
+            args.profile,
+            args.native,
+        )
         for scenario in chosen:
             for row in await run_rounds(scenario, ctx, servers, quiet):
                 row.update(

@@ -1,7 +1,8 @@
 """py-spy on the server during a scenario's measurement window, and a summary of where time went.
 
-`python -m bench --profile DIR …` attaches `py-spy record` to the service when the load
-generator starts its window and detaches when it ends (py-spy runs on the load CPU). DIR gets
+`python -m bench --profile DIR …` attaches `py-spy record` to the server under test (the service
+or the reference) when the load generator starts its window and detaches when it ends (py-spy
+runs on the load CPU). DIR gets
 the collapsed stacks (`<scenario>-<server>.txt`, for flame graph tools) and a summary of the top
 frames by own time and by inclusive time (`….summary.txt`). Profiled rows are marked
 `"profiled": true`: sampling slows the server a little, so keep them out of comparisons.
@@ -33,8 +34,11 @@ def py_spy() -> str | None:
 class Profiler:
     """`py-spy record` of one process, started and stopped around a window."""
 
-    def __init__(self, pid: int, output: Path, pinning: Pinning, rate: int = 200) -> None:
+    def __init__(
+        self, pid: int, output: Path, pinning: Pinning, rate: int = 200, native: bool = False
+    ) -> None:
         self.pid = pid
+        self.native = native
         self.output = output
         self.pinning = pinning
         self.rate = rate
@@ -58,6 +62,8 @@ class Profiler:
             "--output",
             str(self.output),
         ]
+        if self.native:
+            argv.append("--native")  # C frames too: uvloop, orjson, the kernel boundary
         self._process = await asyncio.create_subprocess_exec(
             *self.pinning.wrap(argv, self.pinning.load),
             stdout=asyncio.subprocess.DEVNULL,
@@ -104,7 +110,8 @@ def _short(frame: str, with_line: bool = True) -> str:
 def summarize(raw: Path, top: int = 25) -> tuple[str, dict[str, list[tuple[str, float]]]]:
     """Top frames of the event loop's thread by own and inclusive share, as text and data.
 
-    Only stacks rooted in `<module>` (the main thread, where the event loop runs) count:
+    Only stacks rooted in `<module>` (the main thread, where the event loop runs; with
+    --native a libc frame or two comes first) count:
     py-spy takes a thread blocked in `SimpleQueue.get` (aiosqlite's worker) for a busy one,
     which would otherwise dilute every share.
     """
@@ -120,7 +127,7 @@ def summarize(raw: Path, top: int = 25) -> tuple[str, dict[str, list[tuple[str, 
         frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
-        if not frames[0].startswith("<module>"):
+        if not any(f.startswith("<module>") for f in frames[:3]):
             other_threads += count
             continue
         total += count

@@ -36,6 +36,7 @@ class Context:
     server_env: dict[str, str] = field(default_factory=dict)
     postgres_url: str | None = None
     profile_dir: Path | None = None
+    profile_native: bool = False
     label: str = ""  # "<scenario>-<server>[-<round>]": names profile files
 
     def pick(self, full: Any, quick: Any) -> Any:
@@ -83,10 +84,10 @@ async def _drive(
     """Run a load generator against `server`, with py-spy over its window if asked to."""
     profiler: Profiler | None = None
     raw: Path | None = None
-    if ctx.profile_dir is not None and server.name == OURS:
+    if ctx.profile_dir is not None:
         ctx.profile_dir.mkdir(parents=True, exist_ok=True)
         raw = ctx.profile_dir / f"{ctx.label or server.name}.txt"
-        profiler = Profiler(server.pid, raw, ctx.pinning)
+        profiler = Profiler(server.pid, raw, ctx.pinning, native=ctx.profile_native)
 
     async def on_phase(name: str) -> None:
         if profiler is not None and name == "measure_start":
