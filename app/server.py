@@ -145,7 +145,10 @@ class Service:
             for listener in getattr(server, "servers", []):
                 listener.close()
         if self._lifespan is not None and hasattr(self.app.state, "manager"):
-            await self.manager.drain(CloseCode.SERVICE_RESTART, "server shutting down")
+            # Rolling restart: 1012 + "reconnect:<ms>", each client its own jittered delay.
+            await self.manager.drain(
+                CloseCode.SERVICE_RESTART, reconnect_within=self.settings.reconnect_spread
+            )
         for server in self.servers.values():
             server.should_exit = True
         if self._tasks:

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         5.0, gt=0, description="Seconds to flush and close clients on SIGTERM."
     )
+    reconnect_spread: float = Field(
+        5.0,
+        ge=0,
+        description="SIGTERM: clients are told to reconnect after a random delay up to this.",
+    )
 
     # --- trust: authentication, origins (docs/security.md) --------------------------------
     auth_mode: Literal["open", "token"] | None = Field(

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -97,12 +98,25 @@ class ConnectionManager:
         await self.presence_store.close()
         await self.broker.close()
 
-    async def drain(self, code: int = CloseCode.SERVICE_RESTART, reason: str = "") -> None:
-        """Refuse new connections, flush and close every open one with `code`, in parallel."""
+    async def drain(
+        self, code: int = CloseCode.SERVICE_RESTART, reason: str = "", reconnect_within: float = 0
+    ) -> None:
+        """Refuse new connections, flush and close every open one with `code`, in parallel.
+
+        With `reconnect_within` (seconds) each client's close reason is ``reconnect:<ms>``, a
+        random delay of its own: a restarted node's clients come back spread out, not at once.
+        """
         self.draining = True
         timeout = self.settings.shutdown_timeout
+        spread_ms = int(reconnect_within * 1000)
         closing = [
-            c.close(code, reason or "server shutting down", timeout)
+            c.close(
+                code,
+                f"reconnect:{random.randint(0, spread_ms)}"
+                if spread_ms
+                else reason or "server shutting down",
+                timeout,
+            )
             for c in self.connections.values()
         ]
         if closing:
