@@ -41,6 +41,8 @@ RATIOS: dict[str, Callable[[Row], float | None]] = {
     "memory": _memory,
     "conn_per_s": _get("conn_per_s"),
     "cpu": _get("server_cpu_pct"),
+    # server CPU per delivery (per connection in the storm): lower is better
+    "cost": _get("server_cpu_us_per_unit"),
 }
 
 
@@ -147,7 +149,7 @@ def _vs(row: Row) -> str:
         "p99": "p99",
         "memory": "mem",
         "conn_per_s": "conn/s",
-        "cpu": "cpu",
+        "cost": "cpu/unit",
     }
     return ", ".join(f"{labels[k]} ×{v:.2f}" for k, v in ratio.items() if k in labels)
 
@@ -160,15 +162,15 @@ def table(rows: list[Row]) -> str:
     """The run as a Markdown table (reads fine in a terminal, pastes into the docs)."""
     header = (
         "| scenario | server | delivered/s | p50 ms | p99 ms | max ms | lost/dup/ooo "
-        "| CPU % | other % | peak RSS MB | | vs reference |"
+        "| CPU % | other % | CPU µs/unit | peak RSS MB | | vs reference |"
     )
-    lines = [header, "|" + "---|" * 12]
+    lines = [header, "|" + "---|" * 13]
     for row in rows:
         name = row["scenario"]
         server = "ours" if row["server"] == OURS else "ref" if row["server"] == REFERENCE else ""
         if "skipped" in row or "failed" in row:
             note = row.get("skipped") or f"FAILED: {row.get('failed')}"
-            lines.append(f"| {name} | {server} | {note} |" + " |" * 9)
+            lines.append(f"| {name} | {server} | {note} |" + " |" * 10)
             continue
         latency = row.get("latency_ms") or {}
         counts = "/".join(str(row.get(k, "–")) for k in ("lost", "duplicated", "out_of_order"))
@@ -180,13 +182,15 @@ def table(rows: list[Row]) -> str:
             f"| {_num(latency.get('p50'), 2)} | {_num(latency.get('p99'), 2)} "
             f"| {_num(latency.get('max'), 1)} | {counts} | {_num(row.get('server_cpu_pct'))} "
             f"| {_num(row.get('other_on_server_core_pct'))} "
+            f"| {_num(row.get('server_cpu_us_per_unit'), 1)} "
             f"| {_num(peak / 1024 if isinstance(peak, int | float) else None, 1)} "
             f"| {_extra(row)} | {_vs(row)} |"
         )
     lines.append(
         f"\n† the load generator used ≥ {LOAD_BOUND_PCT:.0f}% of its core: "
         "the figure may be the generator's limit. other % = busy time of the server's core not "
-        "spent in the server (other processes, loopback TCP in softirq)."
+        "spent in the server (other processes, loopback TCP in softirq). CPU µs/unit = server "
+        "CPU per delivered event (per connection in storm-1000)."
     )
     return "\n".join(lines)
 

@@ -74,8 +74,21 @@ def _window(phases: dict[str, Phase]) -> dict[str, Any]:
         return {}
     return {
         "server_cpu_pct": cpu_percent(start.sample, end.sample),
+        "server_cpu_s": round(end.sample.cpu_seconds - start.sample.cpu_seconds, 3),
+        "window_s": round(end.sample.wall - start.sample.wall, 3),
         "other_on_server_core_pct": other_on_core_percent(start.sample, end.sample),
     }
+
+
+def _cost(row: Row, units: float | None) -> None:
+    """Server CPU per unit of work (µs): robust where throughput is not, on a shared machine.
+
+    Interference steals wall time from a window but hardly changes what one delivery or one
+    connection costs the server.
+    """
+    cpu = row.get("server_cpu_s")
+    if isinstance(cpu, int | float) and units:
+        row["server_cpu_us_per_unit"] = round(cpu * 1e6 / units, 2)
 
 
 async def _drive(
@@ -140,6 +153,10 @@ async def _node(
     row.update(_window(phases))
     row["server_rss_peak_kb"] = end.hwm_kb
     row["server_rss_kb"] = end.rss_kb
+    if config["mode"] == "storm":
+        _cost(row, config["clients"] * config.get("rounds", 1))  # per connection
+    elif isinstance(row.get("delivered_per_s"), int | float) and row.get("window_s"):
+        _cost(row, row["delivered_per_s"] * row["window_s"])  # per delivered event
     return row, phases
 
 
