@@ -298,3 +298,27 @@ async def test_events_seen_twice_are_delivered_once() -> None:
             got = await collect(client.events("topics/d"), 4)
     # 1, 2, 3 once each; then a new epoch starts a new stream.
     assert [(e.offset, e.epoch) for e in got] == [(1, "e1"), (2, "e1"), (3, "e1"), (1, "e2")]
+
+
+async def test_subscribe_asks_again_after_a_timeout() -> None:
+    """An unanswered subscribe is sent again by the next subscribe(), not only on reconnect."""
+    requests: list[dict[str, object]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "connected", "client_id": "ws_scripted"}))
+        async for raw in ws:
+            request = json.loads(raw)
+            requests.append(request)
+            if request["type"] == "subscribe" and len(requests) > 1:  # the first goes unanswered
+                await ws.send(json.dumps({"type": "ack", "id": request["id"], "success": True}))
+
+    port = free_port()
+    async with serve(handler, "127.0.0.1", port, ping_interval=None):
+        async with client_for(f"ws://127.0.0.1:{port}/ws", request_timeout=0.3) as client:
+            with pytest.raises(RealtimeError) as timeout:
+                await client.subscribe("topics/slow")
+            assert timeout.value.code == "TIMEOUT"
+            await asyncio.sleep(0.5)  # the unanswered request itself has timed out too
+            ack = await client.subscribe("topics/slow", timeout=5)
+            assert ack["success"] is True and client.connections == 1
+    assert [r["channel"] for r in requests] == ["topics/slow", "topics/slow"]

@@ -30,7 +30,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -102,6 +102,7 @@ class StateChange:
 @dataclass(slots=True)
 class _Subscription:
     confirmed: bool = False
+    inflight: bool = False
     ack: dict[str, Any] | None = None
     waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
 
@@ -191,6 +192,7 @@ class RealtimeClient:
         self._wake = asyncio.Event()
         self._last_frame = asyncio.get_running_loop().time()
         self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -213,6 +215,8 @@ class RealtimeClient:
         if ws is not None:
             with contextlib.suppress(Exception):
                 await ws.close(1000, "client closed")
+        for task in list(self._background):
+            task.cancel()
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
@@ -399,6 +403,7 @@ class RealtimeClient:
                 )
         for sub in self._subs.values():
             sub.confirmed = False
+            sub.inflight = False
 
     def _give_up(self, message: str) -> None:
         self._fail_pending("OFFLINE", message)
@@ -535,15 +540,26 @@ class RealtimeClient:
             sub = self._subs[channel] = _Subscription()
             sub.waiters.append(waiter)
             if self.connected:
-                asyncio.create_task(self._send_subscribe(channel))
+                sub.inflight = True
+                self._spawn(self._send_subscribe(channel))
         else:
             sub.waiters.append(waiter)
+            if self.connected and not sub.confirmed and not sub.inflight:
+                # An earlier attempt timed out: ask again rather than wait for a reconnect.
+                sub.inflight = True
+                self._spawn(self._send_subscribe(channel))
         try:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             with contextlib.suppress(ValueError):
                 sub.waiters.remove(waiter)
             raise RealtimeError("TIMEOUT", f"no answer to subscribe {channel}") from None
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        # The loop keeps only weak references to tasks: hold them until they are done.
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _send_subscribe(self, channel: str) -> None:
         sub = self._subs.get(channel)
@@ -553,9 +569,11 @@ class RealtimeClient:
         position = self._positions.get(channel) if self.recover else None
         if position is not None and position[1] is not None:
             message["since"] = {"offset": position[0], "epoch": position[1]}
+        sub.inflight = True
         try:
             ack = await self.request(message)
         except RealtimeError as exc:
+            sub.inflight = False
             if self._subs.get(channel) is not sub or exc.code in (
                 "DISCONNECTED",
                 "TIMEOUT",
@@ -567,7 +585,9 @@ class RealtimeClient:
             self._reject_waiters(sub, exc)
             return
         except asyncio.CancelledError:
+            sub.inflight = False
             return
+        sub.inflight = False
         if self._subs.get(channel) is not sub:
             return
         sub.confirmed = True

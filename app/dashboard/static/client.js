@@ -264,7 +264,10 @@ export class RealtimeClient {
         this._pending.delete(id);
       }
     }
-    for (const sub of this._subscriptions.values()) sub.confirmed = false;
+    for (const sub of this._subscriptions.values()) {
+      sub.confirmed = false;
+      sub.inflight = false;
+    }
   }
 
   _scheduleReconnect(code, reason) {
@@ -440,6 +443,8 @@ export class RealtimeClient {
         if (this.connected) this._sendSubscribe(channel);
       } else {
         sub.waiters.push(waiter);
+        // An earlier attempt timed out: ask again rather than wait for the next reconnect.
+        if (this.connected && !sub.inflight) this._sendSubscribe(channel);
       }
     });
   }
@@ -454,7 +459,11 @@ export class RealtimeClient {
     if (position && typeof position.epoch === "string") {
       message.since = { offset: position.offset, epoch: position.epoch };
     }
+    sub.inflight = true;
     this.request(message)
+      .finally(() => {
+        sub.inflight = false;
+      })
       .then((ack) => {
         if (this._subscriptions.get(channel) !== sub) return;
         sub.confirmed = true;
