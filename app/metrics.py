@@ -171,6 +171,7 @@ class MetricsTask:
         self.manager = manager
         self.interval = interval
         self.computed = 0  # snapshots computed by this node
+        self.published = 0  # metric.update events this node published
         self.last_duration = 0.0  # seconds the last snapshot took
         self._latest: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -213,7 +214,11 @@ class MetricsTask:
         while True:
             try:
                 snapshot = await self.refresh()
-                await self.manager.publish(METRICS_CHANNEL, METRICS_EVENT, snapshot)
+                # Each node serves its own listeners: nobody here, nothing to publish (the
+                # snapshot is still kept for GET /api/metrics).
+                if self.manager.hub.subscribers(METRICS_CHANNEL):
+                    await self.manager.publish(METRICS_CHANNEL, METRICS_EVENT, snapshot)
+                    self.published += 1
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - skip this tick, try the next one

@@ -43,6 +43,9 @@ async def test_snapshot_values_and_cadence(
             ids.append((await http.post("/api/messages", json=body)).json()["id"])
         await http.post(f"/api/messages/{ids[0]}/read")
 
+        # Computed every tick, but published only while someone here listens.
+        assert service.app.state.metrics.computed >= 1
+        assert service.app.state.metrics.published == 0
         listeners = [await ws_client(service, agent_id=f"agent-{i}") for i in range(4)]
         for listener in listeners:
             await listener.subscribe("metrics")
