@@ -322,3 +322,18 @@ async def test_subscribe_asks_again_after_a_timeout() -> None:
             ack = await client.subscribe("topics/slow", timeout=5)
             assert ack["success"] is True and client.connections == 1
     assert [r["channel"] for r in requests] == ["topics/slow", "topics/slow"]
+
+
+async def test_a_draining_server_names_the_reconnect_delay(start_service: ServiceFactory) -> None:
+    """1012 with "reconnect:<ms>": the client waits that long, not its own backoff."""
+    service = await start_service(surfaces=("ws",))
+    slow = Backoff(initial=5, maximum=10, jitter=0)
+    async with client_for(url_of(service), backoff=slow) as client:
+        changes: list[StateChange] = []
+        client.on_state(changes.append)
+        connection = service.manager.connections[client.client_id]  # type: ignore[index]
+        await connection.close(1012, "reconnect:250")
+        await client.wait_for_state(ConnectionState.RECONNECTING, 5)
+        assert changes[0].code == 1012 and changes[0].delay == 0.25
+        await client.wait_for_state(ConnectionState.CONNECTED, 3)  # well before 5 s of backoff
+        assert client.connections == 2

@@ -27,6 +27,7 @@ import enum
 import itertools
 import json
 import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -41,6 +42,18 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from app.client.backoff import Backoff, event_matcher, should_reconnect
 
 logger = logging.getLogger("context_manager.client")
+
+
+_HINT = re.compile(r"reconnect:(\d{1,7})")
+
+
+def reconnect_hint(reason: str, maximum: float) -> float | None:
+    """Seconds to wait named by a draining server ("reconnect:<ms>" with 1012), if any.
+
+    A node going down gives each client its own delay so they come back spread out.
+    """
+    match = _HINT.fullmatch(reason or "")
+    return None if match is None else min(int(match.group(1)) / 1000, maximum)
 
 
 class ConnectionState(enum.StrEnum):
@@ -332,7 +345,9 @@ class RealtimeClient:
                 await self._set_state(ConnectionState.OFFLINE, code=code, reason="gave up")
                 self._give_up("gave up reconnecting")
                 return
-            delay = self.backoff.delay(self.attempt)
+            delay = reconnect_hint(reason, self.backoff.maximum)
+            if delay is None:
+                delay = self.backoff.delay(self.attempt)
             self.attempt += 1
             await self._set_state(
                 ConnectionState.RECONNECTING, delay=delay, code=code, reason=reason

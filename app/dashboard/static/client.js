@@ -281,7 +281,10 @@ export class RealtimeClient {
       this._setState(ConnectionState.OFFLINE, { reason: "browser offline", code });
       return;
     }
-    const delay = backoffDelay(this.attempt, this.options.backoff);
+    // A draining server names each client's own delay ("reconnect:<ms>", 1012) so a restarted
+    // node's clients come back spread out; otherwise: backoff.
+    const hint = /^reconnect:(\d{1,7})$/.exec(reason || "");
+    const delay = hint ? Math.min(Number(hint[1]), this.options.backoff.max) : backoffDelay(this.attempt, this.options.backoff);
     this.attempt += 1;
     this._setState(ConnectionState.RECONNECTING, { delay, code, reason });
     clearTimeout(this._retryTimer);
