@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -170,6 +171,14 @@ def _run(surfaces: Sequence[str], settings: Settings) -> int:
             runner.run(main())
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a command line reports, it does not trace
+        logging.getLogger("context_manager").debug("start-up failed", exc_info=True)
+        detail = str(exc) or type(exc).__name__
+        print(f"error: could not start: {detail}", file=sys.stderr)
+        print(f"  database: {_redact(settings.database_url)}", file=sys.stderr)
         return 1
     return 0
 

@@ -54,6 +54,10 @@ def check_json(value: Any, depth: int = 0) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("JSON numbers must be finite")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        # What every JSON encoder on the path (orjson, PostgreSQL's jsonb ints) round-trips.
+        if not -(2**63) <= value < 2**64:
+            raise ValueError("JSON integers must fit in 64 bits")
     elif isinstance(value, dict):
         for key, item in value.items():
             clean_text(key)

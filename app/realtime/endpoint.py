@@ -226,7 +226,9 @@ class Session:
             )
             self.ack(rid, {"channel": channel.name, "message_id": message_id})
             return
-        publication = await self.manager.publish(channel.name, event, message.get("data"))
+        publication = await self.manager.publish(
+            channel.name, event, message.get("data"), encodable=True
+        )
         self.ack(rid, {"channel": channel.name, "offset": publication.offset})
 
     async def _auth(self, message: dict[str, Any], rid: RequestId | None) -> None:

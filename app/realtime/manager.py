@@ -28,7 +28,7 @@ from app.realtime.history import StreamPosition
 from app.realtime.hub import Hub, Subscribed
 from app.realtime.permissions import Permissions
 from app.realtime.presence import AgentPresence, ClientInfo, MemoryPresenceStore, PresenceStore
-from app.realtime.protocol import CloseCode, now_ms
+from app.realtime.protocol import CloseCode, ensure_encodable, now_ms
 from app.realtime.publication import Publication
 from app.realtime.stats import Stats
 
@@ -303,9 +303,22 @@ class ConnectionManager:
     # --- publishing -----------------------------------------------------------------------
 
     async def publish(
-        self, channel: str, event: str, data: Any, timestamp: int | None = None
+        self,
+        channel: str,
+        event: str,
+        data: Any,
+        timestamp: int | None = None,
+        *,
+        encodable: bool = False,
     ) -> Publication:
-        """Publish on a channel through the broker (all nodes). The channel must be valid."""
+        """Publish on a channel through the broker (all nodes). The channel must be valid.
+
+        `encodable=True` vouches that `data` came from the JSON decoder under the protocol's
+        nesting limit (a client's publish: the hot path); anything else is made encodable
+        first, so a strange row written by raw SQL can never jam the bridge.
+        """
+        if not encodable:
+            data = ensure_encodable(data)
         publication = Publication(
             channel, event, data, timestamp if timestamp is not None else now_ms()
         )

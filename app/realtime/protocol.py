@@ -23,6 +23,7 @@ an event frame is encoded once per publication and the same object goes to every
 from __future__ import annotations
 
 import enum
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +155,22 @@ def event_frame(
             "epoch": epoch,
         }
     ).decode()
+
+
+def ensure_encodable(data: Any) -> Any:
+    """`data` as orjson can encode it: integers beyond 64 bits become floats, unknown types
+    strings, and what still cannot be encoded (nesting beyond 254 levels) a marker."""
+    try:
+        orjson.dumps(data)
+        return data
+    except (orjson.JSONEncodeError, TypeError):
+        pass
+    try:
+        normalised = orjson.loads(json.dumps(data, default=str))
+        orjson.dumps(normalised)
+        return normalised
+    except (ValueError, TypeError, RecursionError, orjson.JSONEncodeError):
+        return {"unencodable": True, "type": type(data).__name__}
 
 
 def history_frame(request_id: RequestId | None, channel: str, page: HistoryPage) -> str:
