@@ -48,21 +48,25 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 stop() {
   [ -d "$CLUSTER_DIR" ] || { echo "nothing to stop"; return 0; }
   local pidfile pid name
-  # The balancer first (no new traffic), then the nodes: SIGTERM, up to 20 s, then SIGKILL.
-  for pidfile in "$CLUSTER_DIR"/lb.pid "$CLUSTER_DIR"/node-*.pid; do
-    [ -f "$pidfile" ] || continue
-    pid="$(cat "$pidfile")"
-    name="$(basename "$pidfile" .pid)"
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
+  # The balancer first (no new traffic), then every node at once: SIGTERM (each closes its
+  # clients with 1012 and exits), up to 20 s, then SIGKILL.
+  for group in lb node; do
+    for pidfile in "$CLUSTER_DIR"/$group*.pid; do
+      [ -f "$pidfile" ] || continue
+      kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    for pidfile in "$CLUSTER_DIR"/$group*.pid; do
+      [ -f "$pidfile" ] || continue
+      pid="$(cat "$pidfile")"
+      name="$(basename "$pidfile" .pid)"
       for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       if kill -0 "$pid" 2>/dev/null; then
         echo "$name did not stop in 20 s: killing"
         kill -KILL "$pid" 2>/dev/null || true
       fi
       echo "stopped $name ($pid)"
-    fi
-    rm -f "$pidfile"
+      rm -f "$pidfile"
+    done
   done
 }
 
