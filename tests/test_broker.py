@@ -7,6 +7,7 @@ key prefix / namespace of its own so that parallel tests never see each other's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -337,3 +338,106 @@ async def test_large_payloads_are_carried_whole(backend: Backend) -> None:
     assert [p.offset for p in got] == [1, 2]
     assert got[0].data["blob"] == blob
     assert (await broker.history("topics/big")).publications[0].data["blob"] == blob
+
+
+# --- Redis only: a link that fails silently ------------------------------------------------------
+
+
+class Partition:
+    """A TCP proxy to Redis that can black-hole traffic (no RST), then heal."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.cut = False
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
+        self._writers += [writer, upstream_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                if not self.cut:  # cut: bytes vanish, as on a dead network path
+                    sink.write(data)
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    def heal(self) -> None:
+        """End the partition; the connections it broke are dropped (their state is lost)."""
+        self.cut = False
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.heal()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_redis_silent_partition_is_detected_and_caught_up(
+    make_settings: SettingsFactory, redis_url: str
+) -> None:
+    """No RST: the PING watchdog notices, and the node wins back what it missed, once."""
+    from urllib.parse import urlsplit
+
+    import redis.asyncio as aioredis
+
+    from app.realtime.broker.redis import RedisBroker
+
+    prefix = f"t{secrets.token_hex(5)}"
+    parts = urlsplit(redis_url)
+    partition = Partition(parts.port or 6379)
+    await partition.start()
+    policies = HistoryPolicies(make_settings())
+    direct = RedisBroker("direct", policies, redis_url, prefix)
+    behind = RedisBroker(
+        "behind", policies, f"redis://127.0.0.1:{partition.port}{parts.path}", prefix, 0.2
+    )
+    seen_direct, seen_behind = Recorder(), Recorder()
+    try:
+        await direct.start(seen_direct)
+        await behind.start(seen_behind)
+        for broker in (direct, behind):
+            await broker.subscribe("topics/p")
+        for n in range(5):
+            await direct.publish(_publication("topics/p", n))
+        await seen_behind.until_count("topics/p", 5)
+
+        partition.cut = True
+        for n in range(5, 55):
+            await direct.publish(_publication("topics/p", n))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while behind.healthy:
+            assert loop.time() < deadline, "a silent partition was not detected"
+            await asyncio.sleep(0.05)
+        assert len(seen_behind.on("topics/p")) == 5
+
+        partition.heal()
+        await seen_behind.until_count("topics/p", 55)
+        await direct.publish(_publication("topics/p", 55))
+        await seen_behind.until_count("topics/p", 56)
+        got = seen_behind.on("topics/p")
+        assert [p.offset for p in got] == list(range(1, 57))
+        assert [p.data["seq"] for p in got] == list(range(56))
+        assert behind.healthy and behind.reconnects == 1
+        assert behind.recovered_after_reconnect == 50
+    finally:
+        await behind.close()
+        await direct.close()
+        await partition.close()
+        client = aioredis.Redis.from_url(redis_url)
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

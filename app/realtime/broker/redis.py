@@ -66,9 +66,9 @@ logger = logging.getLogger("context_manager.broker.redis")
 
 CONNECT_TIMEOUT = 3.0
 SUBSCRIBE_TIMEOUT = 5.0
-# The listener PINGs this often; no PONG within PING_TIMEOUT means a dead link (no RST seen).
+# The listener PINGs this often; no PONG for two intervals means a dead link (no RST seen):
+# a silent network failure is noticed within 10-15 s.
 PING_INTERVAL = 5.0
-PING_TIMEOUT = 5.0
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
 # A stream's hash outlives its entries so that offsets continue across quiet periods.
@@ -299,9 +299,15 @@ class RedisBroker:
     """Broker over Redis (see the module docstring)."""
 
     def __init__(
-        self, node_id: str, policies: HistoryPolicies, url: str, prefix: str = "cm"
+        self,
+        node_id: str,
+        policies: HistoryPolicies,
+        url: str,
+        prefix: str = "cm",
+        ping_interval: float = PING_INTERVAL,
     ) -> None:
         self._node_id = node_id
+        self._ping_interval = ping_interval
         self._policies = policies
         self._url = url
         self._prefix = prefix
@@ -468,11 +474,12 @@ class RedisBroker:
     async def _watch(self, protocol: _PubSubProtocol) -> None:
         """Return when the connection closes; PING so a silent network failure is seen too."""
         while True:
+            interval = self._ping_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(protocol.closed), PING_INTERVAL)
+                await asyncio.wait_for(asyncio.shield(protocol.closed), interval)
             if protocol.closed.done():
                 raise ConnectionError("Redis pub/sub connection closed")
-            if time.monotonic() - protocol.last_pong > PING_INTERVAL + PING_TIMEOUT:
+            if time.monotonic() - protocol.last_pong > 2 * interval:
                 raise ConnectionError("Redis did not answer PING")
             protocol.send(b"PING")
 
