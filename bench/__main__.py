@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="before each run, wait up to this long for the machine to be idle "
-        "(default 2, 1 with --quick; 0 = never wait)",
+        "(default 2, 0.5 with --quick; 0 = never wait)",
     )
     parser.add_argument(
         "--results",
@@ -168,7 +168,7 @@ async def main(args: argparse.Namespace) -> int:
     servers = tuple(args.server or (REFERENCE, OURS))
     env = dict(item.split("=", 1) for item in args.env)
     pinning = Pinning.detect(not args.no_pin)
-    quiet = args.quiet_wait if args.quiet_wait is not None else (1.0 if args.quick else 2.0)
+    quiet = args.quiet_wait if args.quiet_wait is not None else (0.5 if args.quick else 2.0)
     if pinning.load:
         # The orchestrator mostly waits, but when it wakes it must not take the server's core.
         os.sched_setaffinity(0, {int(pinning.load)})
