@@ -243,4 +243,7 @@ async def test_cluster_script_starts_the_topology(
             await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         finally:
             await connection.close()
+        from tests.test_cluster import _drop_prefix
+
+        await _drop_prefix(redis_url, env["BROKER_PREFIX"])
     assert stopped.count("stopped") == 5
