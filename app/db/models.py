@@ -253,3 +253,19 @@ class Event(Base):
         Index("ix_events_entity_id", "entity_id"),
         {"sqlite_autoincrement": True},
     )
+
+
+class BridgeCursor(Base):
+    """How far a bridge has published the outbox, so that a restart or a new leader resumes
+    there instead of at the head (migration 0003).
+
+    One row per publishing scope: ``cluster:<BROKER_PREFIX>`` for the one leader of a cluster
+    on a shared broker, ``node:<NODE_ID>`` (or ``local``) for a bridge that serves only its
+    own process's clients. `last_id` only grows (``UPDATE … WHERE last_id < :id``).
+    """
+
+    __tablename__ = "bridge_cursor"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = _stamped()
