@@ -1,4 +1,4 @@
-"""The bridge: every row the triggers append to `events` becomes publications, once.
+"""The bridge: every row the triggers append to `events` becomes publications.
 
 Path of a change (any writer: this API, another process, psql)::
 
@@ -9,28 +9,47 @@ Path of a change (any writer: this API, another process, psql)::
                 SQLite; a NOTIFY lost while reconnecting)
     bridge  ──▶ SELECT … FROM events WHERE id > last_id ORDER BY id LIMIT BRIDGE_BATCH
             ──▶ manager.publish on `global`, `sessions/{session_id}`, `agents/{agent_id}`
+            ──▶ UPDATE bridge_cursor SET last_id = :id WHERE name = :n AND last_id < :id
 
-No event lost, none twice. The bridge remembers the last id it delivered and reads strictly
-after it. Ids become visible in id order: SQLite has one writer at a time, and on PostgreSQL
-the trigger takes a transaction-scoped advisory lock before taking an id, so a transaction
-that took id 10 commits before the one that takes id 11 can even insert (without that, a
-reader could see 11, move past 10, and lose it when it commits). An event half-published when
-the broker fails is resumed at the channel where it stopped. The LISTEN connection is a
-dedicated asyncpg connection (not from the pool: a pooled connection would drop its LISTEN
-when returned); when PostgreSQL restarts or terminates it, the bridge reconnects with capped
-exponential backoff and reads from its last id, which delivers what was written meanwhile.
+While it runs: no event lost, none twice. The bridge remembers the last id it delivered and
+reads strictly after it. Ids become visible in id order: SQLite has one writer at a time, and
+on PostgreSQL the trigger takes a transaction-scoped advisory lock before taking an id, so a
+transaction that took id 10 commits before the one that takes id 11 can even insert (without
+that, a reader could see 11, move past 10, and lose it when it commits). An event
+half-published when the broker fails is resumed at the channel where it stopped. The LISTEN
+connection is a dedicated asyncpg connection (not from the pool: a pooled connection would
+drop its LISTEN when returned); when PostgreSQL restarts or terminates it, the bridge
+reconnects with capped exponential backoff and reads from its in-memory last id, which
+delivers what was written meanwhile, once.
+
+Across a crash, a restart or a leader takeover: at least once, and exactly once when the
+broker kept the channel's history. After each batch the bridge records its last id in
+`bridge_cursor` (only ever forwards). On start — and when a node becomes its cluster's
+leader — it resumes from that row, not from the outbox's head, so events committed just
+before a `kill -9` are still delivered. (On the very first start, with no row yet, it begins
+at the head and writes the row.) Events between the recorded cursor and the head seen at
+that moment may already have been published by the process that died (it published, then
+died before recording): before publishing one of those on a channel, the bridge reads that
+channel's retained history once (`broker.history`) and skips the channel when a publication
+of the same event with the same `event_id` is there. With Redis or the PostgreSQL broker the
+history outlives the process, so nothing is published twice (unless it was trimmed: history
+size 0, or older than the channel's TTL); the in-memory broker starts a new epoch with an
+empty history after a restart, so everything after the cursor is published again — correct,
+as no client saw the old epoch continue. Every bridged publication carries `event_id` (the
+outbox id), so a client can drop a repeat in any case.
 
 Several processes on one database. With the in-memory broker (today's default) each process
 has its own clients and its own bridge: every bridge delivers every event to its own clients,
-so each client gets each event once. Each bridge starts at the outbox's head (a client cannot
-have missed what happened before its node started). With a shared broker (BROKER=redis or
+so each client gets each event once; each records its cursor as ``node:<NODE_ID>`` (give each
+node its NODE_ID), or ``local`` when unnamed. With a shared broker (BROKER=redis or
 postgres), one publication already reaches every node, so only one bridge in the cluster may
 publish: the bridges elect a leader with a session-level PostgreSQL advisory lock held on
-their LISTEN connection; the others follow the outbox's head without publishing and take over
-when the leader's connection drops. (Across such a takeover, events the old leader had read
-but not published may be lost or repeated; exactly-once across a failover needs a cursor
-shared by the cluster, which the multi-node work owns.) SQLite is single-node: its bridge
-always publishes.
+their LISTEN connection, and share the cursor ``cluster:<BROKER_PREFIX>``. No leader dies
+silently: PostgreSQL releases the lock with its connection, and another bridge takes it
+within KEEPALIVE, then resumes from the shared cursor as above. Before every batch the
+leader checks in `pg_locks` that its LISTEN connection still holds the lock, so a leader cut
+off from PostgreSQL stops within one batch even before it notices. SQLite is single-node:
+its bridge always publishes.
 """
 
 from __future__ import annotations
@@ -38,14 +57,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
-from app.db.models import Event
+from app.db.models import BridgeCursor, Event
+from app.db.types import utcnow
 from app.realtime.channels import agent_channel, is_valid_id, session_channel
 from app.realtime.manager import ConnectionManager
 
@@ -55,6 +78,14 @@ NOTIFY_CHANNEL = "cm_events"
 LEADER_LOCK = 0x636D6272  # "cmbr": the bridge that may publish, with a shared broker
 KEEPALIVE = 5.0  # seconds between liveness checks of the LISTEN connection
 FIRST_DELAY = 0.1
+
+# Does this backend (pid) hold the leader lock? A bigint key below 2**32 shows in pg_locks as
+# classid 0, objid = key, objsubid 1.
+HOLDS_LEADER_LOCK = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND classid = 0 AND objid = :key AND objsubid = 1 AND pid = :pid"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -74,6 +105,23 @@ def channels_for(session_id: str | None, agent_id: str | None) -> list[str]:
     return channels
 
 
+def cursor_name(settings: Settings, exclusive: bool) -> str:
+    """The `bridge_cursor` row of this bridge: shared by a cluster's leaders, else per node."""
+    if exclusive:
+        return f"cluster:{settings.broker_prefix}"
+    return f"node:{settings.node_id}" if settings.node_id else "local"
+
+
+@dataclass(slots=True)
+class CatchUp:
+    """Events up to `until` may already be out: what each channel's history holds."""
+
+    until: int
+    seen: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
+    published: int = 0  # events published again (at least one channel)
+    skipped: int = 0  # channel publications found in history and not repeated
+
+
 class Bridge:
     def __init__(
         self,
@@ -89,32 +137,48 @@ class Bridge:
         shared_broker = settings.broker_kind != "memory"
         self.exclusive = (shared_broker if exclusive is None else exclusive) and self.postgres
         self.leader = not self.exclusive
+        self.cursor_name = cursor_name(settings, self.exclusive)
         self.last_id = 0
+        self.persisted_id = 0  # what bridge_cursor holds, as far as this bridge knows
+        self.resumed_from: int | None = None  # the cursor of the last start or takeover
         self.delivered = 0  # events fully published
+        self.republished = 0  # events after a resume published again (history lacked them)
+        self.skipped = 0  # channel publications after a resume found in history, not repeated
         self.reconnects = 0  # LISTEN connections re-established after a loss
         self.listening = False
         self.application_name = f"cm-bridge {manager.node_id}"[:63]
         self._wake = asyncio.Event()
         self._listening = asyncio.Event()
         self._partial: tuple[int, set[str]] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._catchup: CatchUp | None = None
+        # Delivery and resuming never interleave (a takeover resets last_id mid-loop otherwise).
+        self._lock = asyncio.Lock()
+        self._listen_pid: int | None = None
+        self._deliver_task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Begin at the outbox's head and deliver everything after it."""
-        self.last_id = await self._head()
-        self._tasks.append(asyncio.create_task(self._deliver_loop(), name="bridge-deliver"))
+        """Resume from the persisted cursor (a leader-elected bridge: once it leads)."""
+        if self.leader:
+            async with self._lock:
+                await self._resume()
+        self._deliver_task = asyncio.create_task(self._deliver_loop(), name="bridge-deliver")
         if self.postgres:
-            self._tasks.append(asyncio.create_task(self._listen_loop(), name="bridge-listen"))
+            self._listen_task = asyncio.create_task(self._listen_loop(), name="bridge-listen")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        """Stop delivering, record how far it got, then let go of the LISTEN connection."""
+        await _cancel(self._deliver_task)
+        self._deliver_task = None
+        if self.leader:
+            try:
+                await self._persist()
+            except Exception:  # noqa: BLE001 - the next start re-checks from the older cursor
+                logger.warning("bridge could not record its cursor on stop", exc_info=True)
+        await _cancel(self._listen_task)
+        self._listen_task = None
 
     def wake(self) -> None:
         """Something was committed: read the outbox now rather than at the next poll."""
@@ -124,6 +188,65 @@ class Bridge:
         """Until the LISTEN connection is up (PostgreSQL); at once on SQLite."""
         if self.postgres:
             await asyncio.wait_for(self._listening.wait(), timeout)
+
+    # --- the persisted cursor -------------------------------------------------------------
+
+    async def stored_cursor(self) -> int | None:
+        """The last id recorded in `bridge_cursor` for this bridge (None: no row yet)."""
+        async with self.engine.connect() as connection:
+            stored = await connection.scalar(
+                select(BridgeCursor.last_id).where(BridgeCursor.name == self.cursor_name)
+            )
+        return None if stored is None else int(stored)
+
+    async def _resume(self) -> None:
+        """Continue from the recorded cursor; events up to today's head get the history check."""
+        async with self.engine.begin() as connection:
+            stored = await self._cursor_row(connection)
+            head = int(await connection.scalar(select(func.max(Event.id))) or 0)
+            if stored is None:  # the very first start: nothing before the head is owed
+                await connection.execute(self._insert_cursor(head))
+                stored = await self._cursor_row(connection)  # another node may have won
+                assert stored is not None
+        self.last_id = self.persisted_id = self.resumed_from = stored
+        self._partial = None
+        self._catchup = CatchUp(head) if head > stored else None
+        if self._catchup is not None:
+            logger.info(
+                "bridge %s resumes at outbox id %d; %d events up to %d are checked against "
+                "the broker's history before publishing",
+                self.cursor_name,
+                stored,
+                head - stored,
+                head,
+            )
+
+    async def _cursor_row(self, connection: AsyncConnection) -> int | None:
+        stored = await connection.scalar(
+            select(BridgeCursor.last_id).where(BridgeCursor.name == self.cursor_name)
+        )
+        return None if stored is None else int(stored)
+
+    def _insert_cursor(self, last_id: int) -> Any:
+        """INSERT … ON CONFLICT DO NOTHING in this database's dialect."""
+        insert = postgresql_insert if self.postgres else sqlite_insert
+        statement = insert(BridgeCursor).values(
+            name=self.cursor_name, last_id=last_id, updated_at=utcnow()
+        )
+        return statement.on_conflict_do_nothing(index_elements=["name"])
+
+    async def _persist(self) -> None:
+        """Record last_id; only ever forwards, whoever else writes the row."""
+        last_id = self.last_id
+        if last_id <= self.persisted_id:
+            return
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                update(BridgeCursor)
+                .where(BridgeCursor.name == self.cursor_name, BridgeCursor.last_id < last_id)
+                .values(last_id=last_id, updated_at=utcnow())
+            )
+        self.persisted_id = last_id
 
     # --- delivery -------------------------------------------------------------------------
 
@@ -146,27 +269,40 @@ class Bridge:
 
     async def deliver_pending(self) -> int:
         """Publish every outbox row after the last delivered one; how many were published."""
-        if not self.leader:
-            self.last_id = max(self.last_id, await self._head())
-            return 0
-        batch = self.settings.bridge_batch
-        count = 0
-        while True:
-            async with self.engine.connect() as connection:
-                result = await connection.execute(
-                    select(Event.id, Event.event, Event.session_id, Event.agent_id, Event.data)
-                    .where(Event.id > self.last_id)
-                    .order_by(Event.id)
-                    .limit(batch)
-                )
-                rows = result.all()
-            for row in rows:
-                await self._deliver(row.id, row.event, row.session_id, row.agent_id, row.data)
-                self.last_id = row.id
-                self.delivered += 1
-                count += 1
-            if len(rows) < batch:
-                return count
+        async with self._lock:
+            if not self.leader:
+                # A follower shows the cluster's cursor (cm_bridge_last_id); it resumes from
+                # the row itself when it takes over.
+                self.last_id = max(self.last_id, await self.stored_cursor() or 0)
+                return 0
+            batch = self.settings.bridge_batch
+            count = 0
+            while True:
+                async with self.engine.connect() as connection:
+                    if self.exclusive and not await self._holds_leader_lock(connection):
+                        logger.warning("bridge lost the leader lock; it stops publishing")
+                        self.leader = False
+                        return count
+                    result = await connection.execute(
+                        select(Event.id, Event.event, Event.session_id, Event.agent_id, Event.data)
+                        .where(Event.id > self.last_id)
+                        .order_by(Event.id)
+                        .limit(batch)
+                    )
+                    rows = result.all()
+                for row in rows:
+                    if not self.leader:
+                        return count  # the LISTEN connection died meanwhile: not ours to record
+                    await self._deliver(row.id, row.event, row.session_id, row.agent_id, row.data)
+                    self.last_id = row.id
+                    self.delivered += 1
+                    count += 1
+                # A failure above leaves the row as it was: the retry goes on from the
+                # in-memory last_id, and the next complete batch records it.
+                self._end_catchup()
+                await self._persist()
+                if len(rows) < batch:
+                    return count
 
     async def _deliver(
         self, event_id: int, event: str, session_id: str | None, agent_id: str | None, data: Any
@@ -176,21 +312,75 @@ class Bridge:
         self._partial = (event_id, done)
         if isinstance(data, dict):
             data = {**data, "event_id": event_id}
+        catchup = self._catchup
+        checking = catchup is not None and event_id <= catchup.until
+        published = False
         for channel in channels_for(session_id, agent_id):
             if channel in done:
                 continue
-            await self.manager.publish(channel, event, data)
+            if checking and await self._in_history(channel, event, event_id):
+                self.skipped += 1
+                if catchup is not None:
+                    catchup.skipped += 1
+            else:
+                await self.manager.publish(channel, event, data)
+                published = True
             done.add(channel)
         self._partial = None
+        if checking and published and catchup is not None:
+            self.republished += 1
+            catchup.published += 1
 
-    async def _head(self) -> int:
-        async with self.engine.connect() as connection:
-            head = await connection.scalar(select(func.max(Event.id)))
-        return int(head or 0)
+    async def _in_history(self, channel: str, event: str, event_id: int) -> bool:
+        """Whether `channel`'s retained history holds this outbox event (read once per resume)."""
+        catchup = self._catchup
+        assert catchup is not None
+        seen = catchup.seen.get(channel)
+        if seen is None:
+            page = await self.manager.broker.history(channel)
+            seen = set()
+            for publication in page.publications:
+                data = publication.data
+                found = data.get("event_id") if isinstance(data, dict) else None
+                # With the event name: clients cannot publish system events, so a client's
+                # own `event_id` field can never make the bridge skip a real one.
+                if isinstance(found, int):
+                    seen.add((publication.event, found))
+            catchup.seen[channel] = seen
+        return (event, event_id) in seen
+
+    def _end_catchup(self) -> None:
+        catchup = self._catchup
+        if catchup is not None and self.last_id >= catchup.until:
+            logger.info(
+                "bridge %s caught up to %d: %d events published again, %d channel "
+                "publications found in history and skipped",
+                self.cursor_name,
+                catchup.until,
+                catchup.published,
+                catchup.skipped,
+            )
+            self._catchup = None
+
+    async def _holds_leader_lock(self, connection: AsyncConnection) -> bool:
+        if self._listen_pid is None:
+            return False
+        held = await connection.scalar(
+            HOLDS_LEADER_LOCK, {"key": LEADER_LOCK, "pid": self._listen_pid}
+        )
+        return bool(held)
 
     # --- PostgreSQL LISTEN ----------------------------------------------------------------
 
     def _on_notify(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def _take_over(self) -> None:
+        """This node just got the leader lock: resume from the cluster's cursor, then lead."""
+        async with self._lock:
+            await self._resume()
+            self.leader = True
+        logger.info("this node's bridge now publishes for the cluster")
         self._wake.set()
 
     async def _listen_loop(self) -> None:
@@ -209,6 +399,7 @@ class Bridge:
                 lost = asyncio.Event()
                 connection.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                self._listen_pid = connection.get_server_pid()
                 if not first:
                     self.reconnects += 1
                     logger.info("bridge LISTEN connection re-established")
@@ -219,14 +410,11 @@ class Bridge:
                 self._wake.set()  # catch up on what was written while we were not listening
                 while not lost.is_set():
                     if self.exclusive and not self.leader:
-                        self.leader = bool(
-                            await connection.fetchval(
-                                "SELECT pg_try_advisory_lock($1)", LEADER_LOCK
-                            )
+                        got = await connection.fetchval(
+                            "SELECT pg_try_advisory_lock($1)", LEADER_LOCK
                         )
-                        if self.leader:
-                            logger.info("this node's bridge now publishes for the cluster")
-                            self._wake.set()
+                        if got:
+                            await self._take_over()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), KEEPALIVE)
                     if not lost.is_set():
@@ -241,6 +429,7 @@ class Bridge:
             finally:
                 self.listening = False
                 self._listening.clear()
+                self._listen_pid = None
                 if self.exclusive:
                     self.leader = False
                 if connection is not None:
@@ -248,3 +437,11 @@ class Bridge:
                         connection.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.bridge_reconnect_max_delay)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
