@@ -32,6 +32,9 @@ logger = logging.getLogger("context_manager.connection")
 
 AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
 
+# Frames of one iteration are written together up to this many bytes, then at once.
+FLUSH_BYTES = 64 * 1024
+
 # How long a closing connection may take to flush before its transport is aborted.
 CLOSE_GRACE_SECONDS = 2.0
 
@@ -52,16 +55,70 @@ class Sink(Protocol):
         """Drop what is queued and close now."""
 
 
+class _Flusher:
+    """Writes each connection's frames of one loop iteration with one `transport.write`.
+
+    A publisher's event and ack, or a burst of publications handled in the same iteration,
+    then cost one system call per client instead of one per frame. One flusher per loop.
+    """
+
+    __slots__ = ("_loop", "_dirty", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[DirectSink] = []
+        self._scheduled = False
+
+    def add(self, sink: DirectSink) -> None:
+        self._dirty.append(sink)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for sink in dirty:
+            sink.flush()
+
+
+_flushers: dict[asyncio.AbstractEventLoop, _Flusher] = {}
+
+
+def _flusher() -> _Flusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        # Loops end with their tests or their process; drop flushers of closed ones.
+        for old in [lp for lp in _flushers if lp.is_closed()]:
+            del _flushers[old]
+        flusher = _flushers[loop] = _Flusher(loop)
+    return flusher
+
+
 class DirectSink:
     """Writes wire frames to uvicorn's sansio protocol transport (see module docstring)."""
 
-    __slots__ = ("_proto", "_transport", "_limit", "_on_overflow", "closing")
+    __slots__ = (
+        "_proto",
+        "_transport",
+        "_limit",
+        "_on_overflow",
+        "_flusher",
+        "_pending",
+        "_pending_bytes",
+        "closing",
+    )
 
     def __init__(self, proto: Any, limit_bytes: int, on_overflow: Callable[[], None]) -> None:
         self._proto = proto
         self._transport: asyncio.Transport = proto.transport
         self._limit = limit_bytes
         self._on_overflow = on_overflow
+        self._flusher = _flusher()
+        # Frames of the current loop iteration, written together by the flusher.
+        self._pending: list[bytes] | None = None
+        self._pending_bytes = 0
         self.closing = False
 
     @staticmethod
@@ -76,7 +133,7 @@ class DirectSink:
 
     @property
     def queued_bytes(self) -> int:
-        return self._transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size() + self._pending_bytes
 
     def push(self, frame: Frame) -> bool:
         if self.closing:
@@ -86,15 +143,40 @@ class DirectSink:
             self.closing = True
             return False
         wire = frame.wire
-        if transport.get_write_buffer_size() + len(wire) > self._limit:
+        size = len(wire)
+        pending_bytes = self._pending_bytes + size
+        if transport.get_write_buffer_size() + pending_bytes > self._limit:
             self._on_overflow()
             return False
-        transport.write(wire)
+        pending = self._pending
+        if pending is None:
+            self._pending = [wire]
+            self._flusher.add(self)
+        else:
+            pending.append(wire)
+        self._pending_bytes = pending_bytes
+        if pending_bytes >= FLUSH_BYTES:
+            # A long burst in one iteration: hand it to the kernel now rather than let it
+            # pile up in user space (where it would count against the limit).
+            self.flush()
         return True
+
+    def flush(self) -> None:
+        """Write what this iteration queued (called by the flusher, and before a close)."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        self._pending_bytes = 0
+        transport = self._transport
+        if transport.is_closing() or self._proto.close_sent:
+            return
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     async def close(self, code: int, reason: str, timeout: float) -> None:
         if self.closing:
             return
+        self.flush()
         self.closing = True
         # uvicorn's send waits until the transport drained below its high-water mark, so the
         # close frame goes out after everything queued before it.
@@ -108,6 +190,8 @@ class DirectSink:
 
     def abort(self, code: int, reason: str) -> None:
         self.closing = True
+        self._pending = None
+        self._pending_bytes = 0
         proto = self._proto
         transport = self._transport
         if transport.is_closing():
