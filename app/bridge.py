@@ -118,7 +118,7 @@ class CatchUp:
 
     until: int
     seen: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
-    published: int = 0  # events published again (at least one channel)
+    published: int = 0  # events published on at least one channel
     skipped: int = 0  # channel publications found in history and not repeated
 
 
@@ -142,8 +142,10 @@ class Bridge:
         self.persisted_id = 0  # what bridge_cursor holds, as far as this bridge knows
         self.resumed_from: int | None = None  # the cursor of the last start or takeover
         self.delivered = 0  # events fully published
-        self.republished = 0  # events after a resume published again (history lacked them)
-        self.skipped = 0  # channel publications after a resume found in history, not repeated
+        # Events between a resumed cursor and the head seen then: published (no channel's
+        # history had them), and channel publications found in history and not repeated.
+        self.catchup_published = 0
+        self.catchup_skipped = 0
         self.reconnects = 0  # LISTEN connections re-established after a loss
         self.listening = False
         self.application_name = f"cm-bridge {manager.node_id}"[:63]
@@ -319,7 +321,7 @@ class Bridge:
             if channel in done:
                 continue
             if checking and await self._in_history(channel, event, event_id):
-                self.skipped += 1
+                self.catchup_skipped += 1
                 if catchup is not None:
                     catchup.skipped += 1
             else:
@@ -328,7 +330,7 @@ class Bridge:
             done.add(channel)
         self._partial = None
         if checking and published and catchup is not None:
-            self.republished += 1
+            self.catchup_published += 1
             catchup.published += 1
 
     async def _in_history(self, channel: str, event: str, event_id: int) -> bool:
@@ -353,8 +355,8 @@ class Bridge:
         catchup = self._catchup
         if catchup is not None and self.last_id >= catchup.until:
             logger.info(
-                "bridge %s caught up to %d: %d events published again, %d channel "
-                "publications found in history and skipped",
+                "bridge %s caught up to %d: %d events published, %d channel publications "
+                "found in the broker's history and skipped",
                 self.cursor_name,
                 catchup.until,
                 catchup.published,

@@ -1,4 +1,4 @@
-"""Message TTL: expire messages whose `expires_at` has passed, each exactly once.
+"""Periodic clean-up on the database: message TTL (each expiry exactly once) and outbox pruning.
 
 Expiry is one UPDATE setting `expired_at` on rows where it is still NULL; the row's trigger
 writes the one `message.expired` event and the bridge delivers it. Exactly once holds with
@@ -6,6 +6,15 @@ several processes on one database: the `expired_at IS NULL` condition is re-chec
 row lock (PostgreSQL) or the write lock (SQLite), so a second sweeper finds nothing to update.
 On PostgreSQL the sweep also takes a transaction-scoped advisory lock and skips its round when
 another process holds it, so the processes do not queue behind each other's row locks.
+
+Outbox retention: every PRUNE_INTERVAL seconds, rows of `events` older than EVENTS_RETENTION
+that every bridge has already published (id at or below the lowest `bridge_cursor.last_id`)
+are deleted, PRUNE_BATCH rows per transaction, under an advisory lock of their own on
+PostgreSQL (one process prunes at a time; the others skip). A cursor not updated for longer
+than the retention belongs to a bridge gone for that long (a bridge that keeps up moves its
+cursor within a poll of every new event; one that is idle has nothing newer to hold back), so
+it does not hold rows past the retention. Ids are never reused after a delete (a PostgreSQL
+sequence; AUTOINCREMENT on SQLite), so a bridge reading `id > last_id` is unaffected.
 """
 
 from __future__ import annotations
@@ -13,28 +22,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.models import Message
+from app.db.models import BridgeCursor, Event, Message
 from app.db.types import utcnow
 
 logger = logging.getLogger("context_manager.sweeper")
 
 SWEEP_LOCK = 0x636D7377  # "cmsw"
+PRUNE_LOCK = 0x636D7072  # "cmpr"
 SWEEP_BATCH = 1000  # rows per transaction, so a backlog does not make one huge transaction
+PRUNE_BATCH = 5000
+PRUNE_INTERVAL = 60.0  # seconds between outbox prunings; retention is counted in days
+
+
+async def _try_lock(connection: AsyncConnection, key: int) -> bool:
+    """On PostgreSQL, a transaction-scoped advisory lock or False; always True elsewhere."""
+    if connection.dialect.name != "postgresql":
+        return True
+    got = await connection.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key})
+    return bool(got)
 
 
 class MessageSweeper:
     def __init__(
-        self, engine: AsyncEngine, interval: float, wake: Callable[[], None] | None = None
+        self,
+        engine: AsyncEngine,
+        interval: float,
+        wake: Callable[[], None] | None = None,
+        events_retention: float | None = None,
+        prune_interval: float = PRUNE_INTERVAL,
+        prune_batch: int = PRUNE_BATCH,
     ) -> None:
         self.engine = engine
         self.interval = interval
         self.wake = wake
+        self.events_retention = events_retention
+        self.prune_interval = prune_interval
+        self.prune_batch = prune_batch
         self.expired = 0  # messages this process expired
+        self.pruned = 0  # outbox rows this process deleted
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -48,6 +80,7 @@ class MessageSweeper:
             self._task = None
 
     async def _run(self) -> None:
+        next_prune = time.monotonic()
         while True:
             try:
                 await self.sweep()
@@ -55,7 +88,17 @@ class MessageSweeper:
                 raise
             except Exception:  # noqa: BLE001 - the database may be back next round
                 logger.exception("message sweep failed; retrying next round")
+            if self.events_retention is not None and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.prune_interval
+                try:
+                    await self.prune_events()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - same: next round
+                    logger.exception("outbox pruning failed; retrying next round")
             await asyncio.sleep(self.interval)
+
+    # --- message TTL ----------------------------------------------------------------------
 
     async def sweep(self) -> int:
         """Expire every due message; how many this call expired."""
@@ -81,15 +124,48 @@ class MessageSweeper:
             .scalar_subquery()
         )
         async with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                got = await connection.scalar(
-                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK}
-                )
-                if not got:
-                    return 0  # another process is sweeping right now
+            if not await _try_lock(connection, SWEEP_LOCK):
+                return 0  # another process is sweeping right now
             result = await connection.execute(
                 update(table)
                 .where(table.c.id.in_(due), table.c.expired_at.is_(None))
                 .values(expired_at=now)
+            )
+        return int(result.rowcount or 0)
+
+    # --- outbox retention -----------------------------------------------------------------
+
+    async def prune_events(self, now: datetime | None = None) -> int:
+        """Delete outbox rows past the retention that every bridge has published; how many."""
+        if self.events_retention is None:
+            return 0
+        cutoff = (now or utcnow()) - timedelta(seconds=self.events_retention)
+        total = 0
+        while True:
+            count = await self._prune_batch(cutoff)
+            total += count
+            if count < self.prune_batch:
+                break
+        if total:
+            self.pruned += total
+            logger.info("pruned %d outbox rows older than %s", total, cutoff.isoformat())
+        return total
+
+    async def _prune_batch(self, cutoff: datetime) -> int:
+        async with self.engine.begin() as connection:
+            if not await _try_lock(connection, PRUNE_LOCK):
+                return 0  # another process is pruning
+            behind = await connection.scalar(
+                select(func.min(BridgeCursor.last_id)).where(BridgeCursor.updated_at >= cutoff)
+            )
+            doomed = select(Event.id).where(Event.created_at < cutoff)
+            if behind is not None:
+                doomed = doomed.where(Event.id <= behind)
+            result = await connection.execute(
+                delete(Event).where(
+                    Event.id.in_(
+                        doomed.order_by(Event.id).limit(self.prune_batch).scalar_subquery()
+                    )
+                )
             )
         return int(result.rowcount or 0)

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     message_sweep_interval: float = Field(
         1.0, gt=0, description="Seconds between sweeps that expire messages past their TTL."
     )
+    events_retention: float = Field(
+        7 * 86400,
+        gt=0,
+        description="Seconds outbox rows (`events`) are kept once every bridge is past them.",
+    )
     bridge_batch: int = Field(
         500, gt=0, le=10_000, description="Outbox rows the bridge reads per query."
     )

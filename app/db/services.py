@@ -46,7 +46,12 @@ class DataServices:
         self.manager = manager
         self.agents = AgentRecorder(sessionmaker, settings.agent_flush_interval)
         self.bridge = Bridge(settings, engine, manager)
-        self.sweeper = MessageSweeper(engine, settings.message_sweep_interval, self.bridge.wake)
+        self.sweeper = MessageSweeper(
+            engine,
+            settings.message_sweep_interval,
+            self.bridge.wake,
+            events_retention=settings.events_retention,
+        )
         self.metrics = MetricsTask(engine, manager, settings.metrics_interval)
         self._started: list[Any] = []
 
