@@ -243,7 +243,7 @@ class QueueSink:
     def push(self, frame: Frame) -> bool:
         if self.closing:
             return False
-        size = len(frame.text)
+        size = len(frame.payload)
         if len(self._queue) >= self._max_messages or self._bytes + size > self._max_bytes:
             self._on_overflow()
             return False
@@ -273,7 +273,7 @@ class QueueSink:
                     await self._wakeup
                     continue
                 frame = queue.popleft()
-                self._bytes -= len(frame.text)
+                self._bytes -= len(frame.payload)
                 await self._send({"type": "websocket.send", "text": frame.text})
         except asyncio.CancelledError:
             raise

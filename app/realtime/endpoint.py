@@ -91,8 +91,8 @@ class Session:
 
     # --- output ---------------------------------------------------------------------------
 
-    def reply(self, text: str, kind: str) -> None:
-        if self.connection.send(Frame(text, kind)):
+    def reply(self, payload: bytes, kind: str) -> None:
+        if self.connection.send(Frame(payload, kind)):
             self.manager.stats.messages_out[kind] += 1
 
     def ack(self, rid: RequestId | None, extra: dict[str, Any] | None = None) -> None:

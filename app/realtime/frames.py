@@ -1,9 +1,9 @@
 """Outbound frames, encoded once and shared.
 
-A `Frame` carries the JSON text of one server message and, on first use, its WebSocket wire
-form (header + payload). Server-to-client frames are never masked and we do not negotiate
-compression, so the wire bytes are the same for every client: a publication to 1,000
-subscribers is framed once, not 1,000 times.
+A `Frame` carries the JSON payload (UTF-8 bytes, straight from orjson) of one server message
+and, on first use, its WebSocket wire form (header + payload). Server-to-client frames are
+never masked and we do not negotiate compression, so the wire bytes are the same for every
+client: a publication to 1,000 subscribers is framed once, not 1,000 times.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ def encode_text_frame(payload: bytes) -> bytes:
 
 
 class Frame:
-    """One server message: its text (for ASGI) and lazily its wire bytes (for direct writes)."""
+    """One server message: its JSON payload bytes, and lazily its wire bytes and its text."""
 
-    __slots__ = ("text", "_wire", "kind")
+    __slots__ = ("payload", "_wire", "kind")
 
-    def __init__(self, text: str, kind: str) -> None:
-        self.text = text
+    def __init__(self, payload: bytes, kind: str) -> None:
+        self.payload = payload
         self.kind = kind  # "event", "ack", "error", "pong", "connected": counted in /stats
         self._wire: bytes | None = None
 
@@ -37,8 +37,13 @@ class Frame:
     def wire(self) -> bytes:
         wire = self._wire
         if wire is None:
-            wire = self._wire = encode_text_frame(self.text.encode())
+            wire = self._wire = encode_text_frame(self.payload)
         return wire
 
+    @property
+    def text(self) -> str:
+        """The payload as `str`, for ASGI text frames (the QueueSink path only)."""
+        return self.payload.decode()
+
     def __len__(self) -> int:
-        return len(self.text)
+        return len(self.payload)

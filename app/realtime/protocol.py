@@ -16,8 +16,9 @@ Server → client::
     {"type": "pong", "timestamp": ...}
     {"error": "Invalid channel", "code": "INVALID_CHANNEL", "timestamp": ..., "id": "sub-1"}
 
-Frames are encoded with orjson. Outbound frames are `str` because ASGI text frames are `str`;
-an event frame is encoded once per publication and the same object goes to every subscriber.
+Frames are encoded with orjson into UTF-8 bytes, which are framed as WebSocket text frames
+without a round trip through `str`; an event frame is encoded once per publication and the
+same bytes go to every subscriber.
 """
 
 from __future__ import annotations
@@ -110,15 +111,15 @@ class ProtocolError(Exception):
         self.request_id = request_id
 
 
-def _dumps(obj: dict[str, Any]) -> str:
-    return orjson.dumps(obj).decode()
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return orjson.dumps(obj)
 
 
-def connected_frame(client_id: str) -> str:
+def connected_frame(client_id: str) -> bytes:
     return _dumps({"type": "connected", "client_id": client_id, "timestamp": now_ms()})
 
 
-def ack_frame(request_id: RequestId, extra: dict[str, Any] | None = None) -> str:
+def ack_frame(request_id: RequestId, extra: dict[str, Any] | None = None) -> bytes:
     frame: dict[str, Any] = {"type": "ack", "id": request_id, "success": True}
     if extra:
         frame.update(extra)
@@ -126,11 +127,11 @@ def ack_frame(request_id: RequestId, extra: dict[str, Any] | None = None) -> str
     return _dumps(frame)
 
 
-def pong_frame() -> str:
+def pong_frame() -> bytes:
     return _dumps({"type": "pong", "timestamp": now_ms()})
 
 
-def error_frame(code: ErrorCode, message: str, request_id: RequestId | None = None) -> str:
+def error_frame(code: ErrorCode, message: str, request_id: RequestId | None = None) -> bytes:
     frame: dict[str, Any] = {"error": message, "code": code.value, "timestamp": now_ms()}
     if request_id is not None:
         frame["id"] = request_id
@@ -139,7 +140,7 @@ def error_frame(code: ErrorCode, message: str, request_id: RequestId | None = No
 
 def event_frame(
     channel: str, event: str, data: Any, timestamp: int, offset: int, epoch: str
-) -> str:
+) -> bytes:
     """Encode one publication; the caller shares the result with every subscriber.
 
     The seed's four keys come first and stay as they are; `offset` and `epoch` are the
@@ -154,7 +155,7 @@ def event_frame(
             "offset": offset,
             "epoch": epoch,
         }
-    ).decode()
+    )
 
 
 def ensure_encodable(data: Any) -> Any:
@@ -173,14 +174,14 @@ def ensure_encodable(data: Any) -> Any:
         return {"unencodable": True, "type": type(data).__name__}
 
 
-def history_frame(request_id: RequestId | None, channel: str, page: HistoryPage) -> str:
+def history_frame(request_id: RequestId | None, channel: str, page: HistoryPage) -> bytes:
     """The ack of a `history` request: retained publications (oldest first) and the top."""
     frame: dict[str, Any] = {"type": "ack", "success": True, "channel": channel}
     if request_id is not None:
         frame["id"] = request_id
     frame.update(page.position.as_dict())
     frame["recovered"] = page.recoverable
-    frame["publications"] = [orjson.Fragment(p.frame.text) for p in page.publications]
+    frame["publications"] = [orjson.Fragment(p.frame.payload) for p in page.publications]
     frame["timestamp"] = now_ms()
     return _dumps(frame)
 

@@ -22,6 +22,7 @@ const MAX_TASK_ROWS = 15;
 const $ = (selector) => document.querySelector(selector);
 const state = {
   agents: new Map(), // id → agent
+  livePresence: new Map(), // id → {status, last_seen} from agent.* events (newer than REST)
   tasks: new Map(), // id → task
   subtasks: new Map(), // task id → Map(subtask id → subtask)
   metricsAt: null,
@@ -170,9 +171,12 @@ function onAgentEvent(frame) {
   if (typeof id !== "string") return;
   if (!state.agents.get(id)?.created_at) fetchAgent(id);
   const seen = data.last_seen || new Date(frame.timestamp).toISOString();
-  if (frame.event === "agent.connected") upsertAgent(id, { status: "online", last_seen: seen });
-  else if (frame.event === "agent.disconnected") upsertAgent(id, { status: "offline", last_seen: seen });
-  else if (frame.event === "agent.heartbeat") upsertAgent(id, { last_seen: seen });
+  let fields = { last_seen: seen };
+  if (frame.event === "agent.connected") fields = { status: "online", last_seen: seen };
+  else if (frame.event === "agent.disconnected") fields = { status: "offline", last_seen: seen };
+  else if (frame.event !== "agent.heartbeat") return;
+  state.livePresence.set(id, { ...state.livePresence.get(id), ...fields });
+  upsertAgent(id, fields);
 }
 
 // --- tasks --------------------------------------------------------------------------------------
@@ -278,7 +282,10 @@ async function reload() {
   if (metrics.status === "fulfilled") applyMetrics(metrics.value);
   else failures.push(`metrics (${metrics.reason.message})`);
   if (agents.status === "fulfilled") {
-    state.agents = new Map(items(agents.value).map((a) => [a.id, a]));
+    const fresh = new Map(items(agents.value).map((a) => [a.id, a]));
+    // Presence events that arrived while the list was loading are newer than the list.
+    for (const [id, live] of state.livePresence) fresh.set(id, { id, ...fresh.get(id), ...live });
+    state.agents = fresh;
     renderAgents();
   } else failures.push(`agents (${agents.reason.message})`);
   if (tasks.status === "fulfilled") {
