@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -166,10 +167,19 @@ async def compute_snapshot(
 class MetricsTask:
     """This node's metrics loop, and the latest snapshot for GET /api/metrics."""
 
-    def __init__(self, engine: AsyncEngine, manager: ConnectionManager, interval: float) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        manager: ConnectionManager,
+        interval: float,
+        publishes: Callable[[], bool] | None = None,
+    ) -> None:
         self.engine = engine
         self.manager = manager
         self.interval = interval
+        # With a shared broker one node speaks for the cluster (the bridge's leader); alone,
+        # a node serves its own listeners.
+        self._publishes = publishes
         self.computed = 0  # snapshots computed by this node
         self.published = 0  # metric.update events this node published
         self.last_duration = 0.0  # seconds the last snapshot took
@@ -208,15 +218,19 @@ class MetricsTask:
         """The latest snapshot (computed now when there is none yet)."""
         return self._latest if self._latest is not None else await self.refresh()
 
+    def _should_publish(self) -> bool:
+        if self._publishes is not None:
+            return self._publishes()
+        # Nobody here, nothing to publish (the snapshot is still kept for GET /api/metrics).
+        return bool(self.manager.hub.subscribers(METRICS_CHANNEL))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
             try:
                 snapshot = await self.refresh()
-                # Each node serves its own listeners: nobody here, nothing to publish (the
-                # snapshot is still kept for GET /api/metrics).
-                if self.manager.hub.subscribers(METRICS_CHANNEL):
+                if self._should_publish():
                     await self.manager.publish(METRICS_CHANNEL, METRICS_EVENT, snapshot)
                     self.published += 1
             except asyncio.CancelledError:

@@ -70,3 +70,41 @@ async def test_one_leader_publishes_for_the_cluster(
             frames = await collect(client, 1)
             assert frames[0]["data"]["task_id"] == task["id"]
             await client.no_frame(0.5)
+
+
+async def test_one_metric_update_per_interval_for_the_cluster(
+    start_service: ServiceFactory, ws_client: ClientFactory, postgres_url: str, redis_url: str
+) -> None:
+    """Every node computes snapshots, but only the bridge's leader publishes them."""
+    async with postgres_database(postgres_url) as url:
+        shared = {
+            "broker": "redis",
+            "redis_url": redis_url,
+            "broker_prefix": f"t{secrets.token_hex(4)}",
+            "metrics_interval": 0.5,
+        }
+        first = await start_service(**data_settings(url, **shared))
+        second = await start_service(**data_settings(url, migrate_on_start=False, **shared))
+        bridges = [first.app.state.bridge, second.app.state.bridge]
+        for _ in range(200):
+            if sum(b.leader for b in bridges) == 1:
+                break
+            await asyncio.sleep(0.05)
+        watchers = [await ws_client(service) for service in (first, second)]
+        for client in watchers:
+            await client.subscribe("metrics")
+        await asyncio.sleep(2.6)
+        for client in watchers:
+            updates = []
+            while True:
+                try:
+                    frame = await client.recv(0.05)
+                except TimeoutError:
+                    break
+                if frame.get("event") == "metric.update":
+                    updates.append(frame)
+            # About five ticks of 0.5 s: one stream of updates, not one per node.
+            assert 3 <= len(updates) <= 7, len(updates)
+            assert [u["offset"] for u in updates] == sorted({u["offset"] for u in updates})
+        published = [s.app.state.metrics.published for s in (first, second)]
+        assert min(published) == 0 and max(published) >= 3, published

@@ -52,7 +52,14 @@ class DataServices:
             self.bridge.wake,
             events_retention=settings.events_retention,
         )
-        self.metrics = MetricsTask(engine, manager, settings.metrics_interval)
+        shared = settings.broker_kind != "memory"
+        bridge = self.bridge
+        self.metrics = MetricsTask(
+            engine,
+            manager,
+            settings.metrics_interval,
+            publishes=(lambda: bridge.leader) if shared else None,
+        )
         self._started: list[Any] = []
 
     async def migrate(self) -> None:
