@@ -9,6 +9,7 @@ from fastapi import Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
+from app.crud import Order
 from app.realtime.channels import ID_PATTERN
 from app.realtime.manager import ConnectionManager
 
@@ -62,4 +63,11 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Items per page (default 
 Cursor = Annotated[
     str | None,
     Query(max_length=1000, description="`next_cursor` of the previous page."),
+]
+OrderQuery = Annotated[
+    Order,
+    Query(
+        description="`asc`: oldest first (default); `desc`: newest first. Pass the same "
+        "`order` with each `cursor` to keep paging the same way."
+    ),
 ]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
 from app import crud
-from app.api.deps import AgentsDep, Cursor, DbDep, Limit, ManagerDep, PathId
+from app.api.deps import AgentsDep, Cursor, DbDep, Limit, ManagerDep, OrderQuery, PathId
 from app.api.errors import ApiError, not_found, responses
 from app.api.schemas import AgentCreate, AgentOut, Page, iso_ms
 from app.db.agents import AgentRecorder
@@ -19,8 +19,16 @@ from app.realtime.manager import ConnectionManager
 router = APIRouter(prefix="/api/agents", tags=["agents"])
 
 
-def _out(row: Agent, manager: ConnectionManager, agents: AgentRecorder) -> AgentOut:
-    connections = manager.presence.online().get(row.id, 0)
+async def _connections(manager: ConnectionManager) -> dict[str, int]:
+    """Agent id → live connections: cluster-wide (nodes holding one) when clustered."""
+    cluster = getattr(manager, "cluster", None)
+    if cluster is not None:
+        return {agent: len(nodes) for agent, nodes in (await cluster.online_agents()).items()}
+    return manager.presence.online()
+
+
+def _out(row: Agent, live: dict[str, int], agents: AgentRecorder) -> AgentOut:
+    connections = live.get(row.id, 0)
     online = connections > 0 or row.status == AgentStatus.ONLINE
     last_seen = agents.last_seen(row.id, row.last_seen)
     return AgentOut(
@@ -64,7 +72,7 @@ async def register_agent(
             if given:
                 row.updated_at = utcnow()
                 await db.commit()
-            return _out(row, manager, agents)
+            return _out(row, await _connections(manager), agents)
         now = utcnow()
         row = Agent(
             id=body.id,
@@ -79,7 +87,7 @@ async def register_agent(
             await crud.insert(db, row, "Agent", None)
         except ApiError:
             continue  # registered concurrently: update it instead
-        return _out(row, manager, agents)
+        return _out(row, await _connections(manager), agents)
     raise ApiError(409, "CONFLICT", f"Agent {body.id} is being registered concurrently")
 
 
@@ -91,13 +99,16 @@ async def list_agents(
     status: Annotated[AgentStatus | None, Query()] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
+    order: OrderQuery = crud.Order.ASC,
 ) -> Page[AgentOut]:
-    """Agents, oldest first, each with its live status (connections on this node)."""
+    """Agents by registration time, oldest first (`order=desc`: newest first), each with its
+    live status (connections on this node)."""
     query = select(Agent)
     if status is not None:
         query = query.where(Agent.status == status.value)
-    rows, next_cursor = await crud.page(db, query, Agent.created_at, Agent.id, limit, cursor)
-    return Page[AgentOut](items=[_out(r, manager, agents) for r in rows], next_cursor=next_cursor)
+    rows, next_cursor = await crud.page(db, query, Agent.created_at, Agent.id, limit, cursor, order)
+    live = await _connections(manager)
+    return Page[AgentOut](items=[_out(r, live, agents) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{agent_id}", response_model=AgentOut, responses=responses(404))
@@ -108,7 +119,7 @@ async def get_agent(
     row = await db.get(Agent, agent_id)
     if row is None:
         raise not_found("Agent", agent_id)
-    return _out(row, manager, agents)
+    return _out(row, await _connections(manager), agents)
 
 
 @router.post("/{agent_id}/heartbeat", response_model=AgentOut, responses=responses(404))
@@ -123,4 +134,4 @@ async def heartbeat(
     data = {"agent_id": agent_id, "last_seen": iso_ms(seen), "node_id": manager.node_id}
     for channel in ("global", f"agents/{agent_id}"):
         await manager.publish(channel, "agent.heartbeat", data)
-    return _out(row, manager, agents)
+    return _out(row, await _connections(manager), agents)

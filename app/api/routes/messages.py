@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select, update
 
 from app import crud
-from app.api.deps import BridgeDep, Cursor, DbDep, Limit, PathId
+from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
 from app.api.errors import ApiError, not_found, responses
 from app.api.schemas import Id, MessageCreate, MessageOut, Page
 from app.db.models import Message
@@ -49,10 +49,13 @@ async def list_messages(
     ] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
+    order: OrderQuery = crud.Order.ASC,
 ) -> Page[MessageOut]:
-    """Messages that have not expired, oldest first."""
+    """Messages that have not expired, oldest first (`order=desc`: newest first)."""
     query = select(Message).where(*crud.message_filters(to_agent, from_agent, session_id, unread))
-    rows, next_cursor = await crud.page(db, query, Message.created_at, Message.id, limit, cursor)
+    rows, next_cursor = await crud.page(
+        db, query, Message.created_at, Message.id, limit, cursor, order
+    )
     return Page[MessageOut](items=[message_out(r) for r in rows], next_cursor=next_cursor)
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from app import crud
-from app.api.deps import BridgeDep, Cursor, DbDep, Limit, PathId
+from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
 from app.api.errors import ApiError, not_found, responses
 from app.api.schemas import Page, SessionCreate, SessionOut, SessionUpdate
 from app.db.models import Session, SessionStatus
@@ -47,12 +47,16 @@ async def list_sessions(
     status: Annotated[SessionStatus | None, Query()] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
+    order: OrderQuery = crud.Order.ASC,
 ) -> Page[SessionOut]:
-    """Sessions, oldest first, optionally only active or ended ones."""
+    """Sessions by start time, oldest first (`order=desc`: newest first), optionally only
+    active or ended ones."""
     query = select(Session)
     if status is not None:
         query = query.where(Session.status == status.value)
-    rows, next_cursor = await crud.page(db, query, Session.started_at, Session.id, limit, cursor)
+    rows, next_cursor = await crud.page(
+        db, query, Session.started_at, Session.id, limit, cursor, order
+    )
     return Page[SessionOut](items=[_out(r) for r in rows], next_cursor=next_cursor)
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from app import crud
-from app.api.deps import BridgeDep, Cursor, DbDep, Limit, PathId
+from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
 from app.api.errors import not_found, responses
 from app.api.schemas import Page, SubtaskCreate, SubtaskOut, SubtaskUpdate
 from app.db.models import Subtask, Task, TaskStatus
@@ -53,13 +53,19 @@ async def create_subtask(
     responses=responses(404),
 )
 async def list_subtasks(
-    task_id: PathId, db: DbDep, limit: Limit = 50, cursor: Cursor = None
+    task_id: PathId,
+    db: DbDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    order: OrderQuery = crud.Order.ASC,
 ) -> Page[SubtaskOut]:
-    """A task's subtasks, oldest first."""
+    """A task's subtasks, oldest first (`order=desc`: newest first)."""
     if await db.get(Task, task_id) is None:
         raise not_found("Task", task_id)
     query = select(Subtask).where(Subtask.task_id == task_id)
-    rows, next_cursor = await crud.page(db, query, Subtask.created_at, Subtask.id, limit, cursor)
+    rows, next_cursor = await crud.page(
+        db, query, Subtask.created_at, Subtask.id, limit, cursor, order
+    )
     return Page[SubtaskOut](items=[subtask_out(r) for r in rows], next_cursor=next_cursor)
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from app import crud
-from app.api.deps import BridgeDep, Cursor, DbDep, Limit, PathId
+from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
 from app.api.errors import not_found, responses
 from app.api.schemas import Id, Page, TaskCreate, TaskOut, TaskUpdate
 from app.db.models import Task, TaskStatus
@@ -49,12 +49,14 @@ async def list_tasks(
     session_id: Annotated[Id | None, Query()] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
+    order: OrderQuery = crud.Order.ASC,
 ) -> Page[TaskOut]:
-    """Tasks, oldest first, filtered by any of status, agent_id, session_id."""
+    """Tasks by creation time, oldest first (`order=desc`: newest first), filtered by any of
+    status, agent_id, session_id."""
     query = select(Task).where(
         *crud.task_filters(status.value if status else None, agent_id, session_id)
     )
-    rows, next_cursor = await crud.page(db, query, Task.created_at, Task.id, limit, cursor)
+    rows, next_cursor = await crud.page(db, query, Task.created_at, Task.id, limit, cursor, order)
     return Page[TaskOut](items=[task_out(r) for r in rows], next_cursor=next_cursor)
 
 
