@@ -47,9 +47,12 @@ publish: the bridges elect a leader with a session-level PostgreSQL advisory loc
 their LISTEN connection, and share the cursor ``cluster:<BROKER_PREFIX>``. No leader dies
 silently: PostgreSQL releases the lock with its connection, and another bridge takes it
 within KEEPALIVE, then resumes from the shared cursor as above. Before every batch the
-leader checks in `pg_locks` that its LISTEN connection still holds the lock, so a leader cut
-off from PostgreSQL stops within one batch even before it notices. SQLite is single-node:
-its bridge always publishes.
+leader checks in `pg_locks` that its LISTEN connection still holds the lock, and before every
+event that its LISTEN connection is still up, so a leader cut off from PostgreSQL stops within
+one batch even before it notices. (What remains: events of that last batch published after
+the new leader has read a channel's history would be repeated; the new leader needs the lock,
+which PostgreSQL frees only once the old connection is gone, so the window is the few
+milliseconds a batch takes to publish.) SQLite is single-node: its bridge always publishes.
 """
 
 from __future__ import annotations
