@@ -13,7 +13,8 @@ on the WebSocket hot path. On the API port it also times HTTP requests (observab
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import orjson
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from app.db.engine import ping
 from app.observability import HttpMetrics, render_metrics
 from app.realtime.endpoint import Receive, Send
+from app.realtime.http import asgi3_entry
 
 # A database check is reused for this long: probes from several ports and balancers at once
 # must not turn into a query each.
@@ -85,7 +87,14 @@ class OpsSurface:
         self.readiness: Readiness = readiness
         self.http_metrics: HttpMetrics | None = HttpMetrics.of(root) if timed else None
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    @asgi3_entry
+    def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> Awaitable[None]:
+        # Anything but HTTP goes straight through: no wrapper frame per WebSocket connection.
+        if scope["type"] != "http":
+            return cast(Awaitable[None], self.inner(scope, receive, send))
+        return self._http(scope, receive, send)
+
+    async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             if path == "/livez":

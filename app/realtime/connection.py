@@ -116,6 +116,11 @@ class DirectSink:
         self._limit = limit_bytes
         self._on_overflow = on_overflow
         self._flusher = _flusher()
+        # The handshake is over: uvicorn would keep its request and response (every header)
+        # for the life of the connection, and nothing reads them again. Idle memory.
+        for name in ("request", "response"):
+            if hasattr(proto, name):
+                setattr(proto, name, None)
         # Frames of the current loop iteration, written together by the flusher.
         self._pending: list[bytes] | None = None
         self._pending_bytes = 0

@@ -110,7 +110,13 @@ class Session:
         stats = self.manager.stats
         connection = self.connection
         bucket = connection.message_bucket
-        if bucket is not None and not bucket.take():
+        if bucket is None:
+            # Made on the first message, so an idle connection holds none (idle memory).
+            settings = self.manager.settings
+            bucket = connection.message_bucket = TokenBucket(
+                settings.message_rate, settings.message_burst
+            )
+        if not bucket.take():
             stats.messages_in["rate_limited"] += 1
             self.error(ErrorCode.RATE_LIMITED, "Too many messages, slow down")
             return
@@ -211,7 +217,12 @@ class Session:
         event = check_event(require_str(message, "event"))
         self.manager.permissions.check_publish(self.connection, channel, event)
         bucket = self.connection.publish_bucket
-        if bucket is not None and not bucket.take():
+        if bucket is None:
+            settings = self.manager.settings
+            bucket = self.connection.publish_bucket = TokenBucket(
+                settings.publish_rate, settings.publish_burst
+            )
+        if not bucket.take():
             raise ProtocolError(ErrorCode.RATE_LIMITED, "Too many publishes, slow down")
         store = getattr(self.manager, "message_store", None)
         if store is not None and event == "message.new" and channel.kind is ChannelKind.AGENT:
@@ -346,9 +357,10 @@ async def websocket_endpoint(
             session_id=identity.get("session_id"),
             remote=remote,
         )
+    # Headers were read (Origin, Authorization) before accept; the scope lives as long as the
+    # connection, so let them go.
+    scope["headers"] = []
     connection.attach(send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
-    connection.publish_bucket = TokenBucket(settings.publish_rate, settings.publish_burst)
-    connection.message_bucket = TokenBucket(settings.message_rate, settings.message_burst)
     session = Session(manager, connection)
     session.reply(connected_frame(connection.client_id), "connected")
     for name in notices:

@@ -6,7 +6,10 @@ every HTTP request to a small FastAPI app with the seed's `/health` and `/stats`
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 
@@ -15,6 +18,22 @@ from app.realtime.manager import ConnectionManager
 from app.realtime.protocol import CloseCode
 
 WEBSOCKET_PATHS = frozenset({"/", "/ws"})
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+
+def asgi3_entry(method: F) -> F:
+    """Mark a plain `__call__` that returns the next app's coroutine as an ASGI 3 entry.
+
+    An `async def` wrapper would keep one more coroutine frame alive for the whole life of
+    every WebSocket connection; returning the inner coroutine keeps none. The mark is what
+    servers' ASGI 2/3 auto-detection (uvicorn, Starlette's TestClient) looks for.
+    """
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:  # Python 3.12+
+        return cast(F, mark(method))
+    method._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+    return method
 
 
 def _manager(request: Request) -> ConnectionManager:
@@ -53,14 +72,17 @@ class WebSocketSurface:
         self.root = root
         self.http = build_http_app(root)
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    @asgi3_entry
+    def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "websocket" and scope["path"] in WEBSOCKET_PATHS:
+            return websocket_endpoint(self.root.state.manager, scope, receive, send)
+        return self._other(scope, receive, send)
+
+    async def _other(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            if scope["path"] in WEBSOCKET_PATHS:
-                await websocket_endpoint(self.root.state.manager, scope, receive, send)
-            else:
-                await receive()
-                await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+            await receive()
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         elif kind == "http":
             await self.http(scope, receive, send)  # type: ignore[arg-type]
         elif kind == "lifespan":
