@@ -246,3 +246,31 @@ class Settings(BaseSettings):
         if self.broker != "auto":
             return self.broker
         return "redis" if self.redis_url else "memory"
+
+
+def settings_table() -> str:
+    """docs/configuration.md: every setting, its environment variable, default and meaning."""
+    lines = [
+        "# Configuration",
+        "",
+        "Every setting is an environment variable (or a line in `.env`); command-line options",
+        "override them. Generated from `app/core/config.py` by `python -m app.core.config`;",
+        "a test keeps this file and the code in step.",
+        "",
+        "| Variable | Default | Description |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if default is None:
+            shown = "—"
+        elif isinstance(default, list):
+            shown = ", ".join(default) or "(empty)"
+        else:
+            shown = str(default)
+        lines.append(f"| `{name.upper()}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(settings_table(), end="")
