@@ -123,3 +123,16 @@ async def test_rest_change_reaches_the_realtime_client(start_service: ServiceFac
         event = await asyncio.wait_for(first, 5)
         assert event.event == "task.created" and event.data["task_id"] == task["id"]
         await events.aclose()
+
+
+async def test_lists_newest_first(service: Service) -> None:
+    from app.client.rest import RestClient
+
+    async with RestClient(f"http://127.0.0.1:{service.settings.api_port}") as rest:
+        titles = [f"t{n}" for n in range(3)]
+        for title in titles:
+            await rest.create_task(title)
+        newest = await rest.list_tasks(order="desc", limit=2)
+        assert [t["title"] for t in newest.items] == ["t2", "t1"]
+        oldest = await rest.list_tasks(order="asc")
+        assert [t["title"] for t in oldest.items] == titles

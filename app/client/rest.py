@@ -22,6 +22,7 @@ import httpx
 T = TypeVar("T")
 
 TaskStatus = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
+Order = Literal["asc", "desc"]  # list order by creation time (the API's `order`)
 
 
 class Session(TypedDict):
@@ -247,11 +248,15 @@ class RestClient:
         return cast(Session, await self.request("POST", "/api/sessions", json=body))
 
     async def list_sessions(
-        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        order: Order | None = None,
     ) -> Page[Session]:
-        return await self._page(
-            "/api/sessions", {"status": status, "limit": limit, "cursor": cursor}
-        )
+        params = {"status": status, "limit": limit, "cursor": cursor, "order": order}
+        return await self._page("/api/sessions", params)
 
     async def get_session(self, session_id: str) -> Session:
         return cast(Session, await self.request("GET", f"/api/sessions/{_seg(session_id)}"))
@@ -278,9 +283,15 @@ class RestClient:
         return cast(Agent, await self.request("POST", "/api/agents", json=body))
 
     async def list_agents(
-        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        order: Order | None = None,
     ) -> Page[Agent]:
-        return await self._page("/api/agents", {"status": status, "limit": limit, "cursor": cursor})
+        params = {"status": status, "limit": limit, "cursor": cursor, "order": order}
+        return await self._page("/api/agents", params)
 
     async def get_agent(self, agent_id: str) -> Agent:
         return cast(Agent, await self.request("GET", f"/api/agents/{_seg(agent_id)}"))
@@ -321,6 +332,7 @@ class RestClient:
         session_id: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        order: Order | None = None,
         **filters: Any,
     ) -> Page[Task]:
         params = {
@@ -329,6 +341,7 @@ class RestClient:
             "session_id": session_id,
             "limit": limit,
             "cursor": cursor,
+            "order": order,
             **filters,
         }
         return await self._page("/api/tasks", params)
@@ -358,10 +371,15 @@ class RestClient:
         return cast(Subtask, await self.request("POST", path, json=body))
 
     async def list_subtasks(
-        self, task_id: str, *, limit: int | None = None, cursor: str | None = None
+        self,
+        task_id: str,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        order: Order | None = None,
     ) -> Page[Subtask]:
         path = f"/api/tasks/{_seg(task_id)}/subtasks"
-        return await self._page(path, {"limit": limit, "cursor": cursor})
+        return await self._page(path, {"limit": limit, "cursor": cursor, "order": order})
 
     async def update_subtask(self, subtask_id: str, **fields: Any) -> Subtask:
         path = f"/api/subtasks/{_seg(subtask_id)}"
@@ -398,9 +416,16 @@ class RestClient:
         unread: bool | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        order: Order | None = None,
         **filters: Any,
     ) -> Page[Message]:
-        params = {"to_agent": to_agent, "unread": unread, "limit": limit, "cursor": cursor}
+        params = {
+            "to_agent": to_agent,
+            "unread": unread,
+            "limit": limit,
+            "cursor": cursor,
+            "order": order,
+        }
         return await self._page("/api/messages", {**params, **filters})
 
     async def mark_read(self, message_id: str) -> Message:
