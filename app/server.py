@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Generator, Sequence
@@ -165,6 +166,13 @@ class Service:
             loop.add_signal_handler(sig, self.request_stop)
         try:
             await self.start()
+            # Everything built so far (the framework, the ORM, the app) lives as long as the
+            # process: move it out of the collector's way, so a full collection only walks
+            # what connections create. Without this one took ~120 ms with 1,000 clients and
+            # set the p99 of a fixed-rate fan-out (bench: 131 ms → 16 ms). Only here, in the
+            # process that serves: tests start many services in one process.
+            gc.collect()
+            gc.freeze()
             await self.wait()
         finally:
             await self.stop()

@@ -248,7 +248,7 @@ class QueueSink:
     def push(self, frame: Frame) -> bool:
         if self.closing:
             return False
-        size = len(frame.payload)
+        size = len(frame)
         if len(self._queue) >= self._max_messages or self._bytes + size > self._max_bytes:
             self._on_overflow()
             return False
@@ -278,7 +278,7 @@ class QueueSink:
                     await self._wakeup
                     continue
                 frame = queue.popleft()
-                self._bytes -= len(frame.payload)
+                self._bytes -= len(frame)
                 await self._send({"type": "websocket.send", "text": frame.text})
         except asyncio.CancelledError:
             raise

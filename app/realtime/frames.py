@@ -1,9 +1,9 @@
 """Outbound frames, encoded once and shared.
 
-A `Frame` carries the JSON payload (UTF-8 bytes, straight from orjson) of one server message
-and, on first use, its WebSocket wire form (header + payload). Server-to-client frames are
-never masked and we do not negotiate compression, so the wire bytes are the same for every
-client: a publication to 1,000 subscribers is framed once, not 1,000 times.
+A `Frame` is one server message in its WebSocket wire form: header + JSON payload (the UTF-8
+bytes straight from orjson). Server-to-client frames are never masked and we do not negotiate
+compression, so the wire bytes are the same for every client: a publication to 1,000
+subscribers is framed once, not 1,000 times.
 """
 
 from __future__ import annotations
@@ -23,22 +23,27 @@ def encode_text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
-class Frame:
-    """One server message: its JSON payload bytes, and lazily its wire bytes and its text."""
+def _header_size(wire: bytes) -> int:
+    """The header's length, from its 7-bit length field (126: 16-bit, 127: 64-bit length)."""
+    marker = wire[1] & 0x7F
+    return 2 if marker < 126 else 4 if marker == 126 else 10
 
-    __slots__ = ("payload", "_wire", "kind")
+
+class Frame:
+    """One server message, held as its wire bytes (header + JSON payload)."""
+
+    __slots__ = ("wire", "kind")
 
     def __init__(self, payload: bytes, kind: str) -> None:
-        self.payload = payload
+        # Framed at once and the payload let go: orjson's output buffers are over-allocated
+        # (about 4 KiB for a small event), and a publication kept in history would pin one.
+        self.wire = encode_text_frame(payload)
         self.kind = kind  # "event", "ack", "error", "pong", "connected": counted in /stats
-        self._wire: bytes | None = None
 
     @property
-    def wire(self) -> bytes:
-        wire = self._wire
-        if wire is None:
-            wire = self._wire = encode_text_frame(self.payload)
-        return wire
+    def payload(self) -> bytes:
+        """The JSON payload (a copy: for history replies and the QueueSink path only)."""
+        return self.wire[_header_size(self.wire) :]
 
     @property
     def text(self) -> str:
@@ -46,4 +51,4 @@ class Frame:
         return self.payload.decode()
 
     def __len__(self) -> int:
-        return len(self.payload)
+        return len(self.wire)
