@@ -76,9 +76,14 @@ def parse_channel(name: str) -> Channel:
     return channel
 
 
+@lru_cache(maxsize=4096)
+def _valid_event(name: str) -> bool:
+    return len(name) <= MAX_EVENT_LENGTH and _EVENT_RE.fullmatch(name) is not None
+
+
 def check_event(name: str) -> str:
     """Validate an event name, or raise INVALID_EVENT."""
-    if len(name) > MAX_EVENT_LENGTH or _EVENT_RE.fullmatch(name) is None:
+    if len(name) > MAX_EVENT_LENGTH or not _valid_event(name):
         raise ProtocolError(ErrorCode.INVALID_EVENT, "Invalid event name")
     return name
 

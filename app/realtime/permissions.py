@@ -15,7 +15,9 @@ server publish API) an admin may. In open mode a connection's identity is what i
 
 from __future__ import annotations
 
-from app.core.security import Identity, Role
+from typing import Protocol
+
+from app.core.security import Role
 from app.realtime.channels import Channel, ChannelKind
 from app.realtime.connection import Connection
 from app.realtime.protocol import ErrorCode, ProtocolError
@@ -33,7 +35,20 @@ def _forbidden(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.FORBIDDEN, message)
 
 
-def may_subscribe(identity: Identity, channel: Channel) -> bool:
+class Principal(Protocol):
+    """Who asks: an `Identity` (REST) or a `Connection` itself (WebSocket, no allocation)."""
+
+    @property
+    def agent_id(self) -> str | None: ...
+
+    @property
+    def session_id(self) -> str | None: ...
+
+    @property
+    def role(self) -> Role: ...
+
+
+def may_subscribe(identity: Principal, channel: Channel) -> bool:
     kind = channel.kind
     if kind is ChannelKind.AGENT:
         return identity.role in _PRIVILEGED or identity.agent_id == channel.id
@@ -44,7 +59,7 @@ def may_subscribe(identity: Identity, channel: Channel) -> bool:
     return True
 
 
-def may_publish(identity: Identity, channel: Channel, event: str, *, server_api: bool) -> bool:
+def may_publish(identity: Principal, channel: Channel, event: str, *, server_api: bool) -> bool:
     if is_system_event(event):
         return server_api and identity.role is Role.ADMIN
     kind = channel.kind
@@ -60,12 +75,12 @@ class Permissions:
 
     def check_subscribe(self, connection: Connection, channel: Channel) -> None:
         """Raise FORBIDDEN when `connection` may not subscribe to (or read) `channel`."""
-        if not may_subscribe(connection.identity, channel):
+        if not may_subscribe(connection, channel):
             raise _forbidden(f"Not allowed to subscribe to {channel.name}")
 
     def check_publish(self, connection: Connection, channel: Channel, event: str) -> None:
         """Raise FORBIDDEN when `connection` may not publish `event` on `channel`."""
         if is_system_event(event):
             raise _forbidden(f"'{event}' is a system event: only the server publishes it")
-        if not may_publish(connection.identity, channel, event, server_api=False):
+        if not may_publish(connection, channel, event, server_api=False):
             raise _forbidden(f"Not allowed to publish on {channel.name}")
