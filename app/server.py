@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 
 from app.core.config import Settings
+from app.core.logging import install_redaction
 from app.main import create_app
 from app.realtime.manager import ConnectionManager
 from app.realtime.protocol import CloseCode
@@ -94,6 +95,7 @@ class Service:
 
     async def start(self) -> None:
         """Enter the lifespan and start every server; return once all listen."""
+        install_redaction()  # tokens in WebSocket query strings never reach a log line
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from app.core.security import Role, TokenCodec
 from tests.conftest import ServiceFactory
 from tests.databases import BACKENDS, data_settings, fresh_database
 
@@ -27,7 +28,7 @@ CHECKS = ",".join(
         "negative_data_rejection",
     ]
 )
-PATHS = r"^/api/(sessions|agents|tasks|subtasks|messages|actions|events|metrics)"
+PATHS = r"^/api/(sessions|agents|tasks|subtasks|messages|actions|events|metrics|channels)"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,13 +41,31 @@ async def test_schemathesis_finds_nothing(
     database_url: str, start_service: ServiceFactory, tmp_path: Path
 ) -> None:
     service = await start_service(**data_settings(database_url), log_level="error")
-    schema_url = f"http://127.0.0.1:{service.settings.api_port}/openapi.json"
+    await _run_schemathesis(service.settings.api_port, tmp_path, [])
+
+
+async def test_schemathesis_in_token_mode(start_service: ServiceFactory, tmp_path: Path) -> None:
+    """The same run with AUTH_MODE=token and an admin's Bearer token (SQLite)."""
+    secret = "z" * 64
+    url = f"sqlite+aiosqlite:///{tmp_path / 'token.db'}"
+    service = await start_service(
+        **data_settings(url), log_level="error", auth_mode="token", secret_key=secret
+    )
+    token = TokenCodec(service.settings).create("fuzzer", role=Role.ADMIN, ttl=600)
+    await _run_schemathesis(
+        service.settings.api_port, tmp_path, ["--header", f"Authorization: Bearer {token}"]
+    )
+
+
+async def _run_schemathesis(port: int, tmp_path: Path, extra: list[str]) -> None:
+    schema_url = f"http://127.0.0.1:{port}/openapi.json"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "schemathesis.cli",
         "run",
         schema_url,
+        *extra,
         "--include-path-regex",
         PATHS,
         "--checks",

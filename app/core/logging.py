@@ -6,6 +6,7 @@ uvicorn's loggers go through the same handler so a deployment gets one format.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,31 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+_SECRET_QUERY = re.compile(r"((?:^|[?&\s])(?:token|access_token)=)[^&\s\"']+")
+
+
+class RedactSecrets(logging.Filter):
+    """Mask `token=…` in query strings: uvicorn logs each WebSocket's path with its query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg = _SECRET_QUERY.sub(r"\1***", message)
+            record.args = ()
+        return True
+
+
+_REDACTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def install_redaction() -> None:
+    """Attach RedactSecrets to the loggers that print request lines (idempotent)."""
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
+
+
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     """Install one handler on the root logger and route uvicorn's loggers through it."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -57,6 +83,7 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    install_redaction()
     numeric = logging.getLevelName(level.upper()) if level != "trace" else 5
     root.setLevel(numeric if isinstance(numeric, int) else logging.INFO)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
