@@ -70,6 +70,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
+from app.core.tasks import cancel_and_wait
 from app.db.models import BridgeCursor, Event
 from app.db.types import utcnow
 from app.realtime.channels import agent_channel, is_valid_id, session_channel
@@ -175,14 +176,14 @@ class Bridge:
 
     async def stop(self) -> None:
         """Stop delivering, record how far it got, then let go of the LISTEN connection."""
-        await _cancel(self._deliver_task)
+        await cancel_and_wait(self._deliver_task)
         self._deliver_task = None
         if self.leader:
             try:
                 await self._persist()
             except Exception:  # noqa: BLE001 - the next start re-checks from the older cursor
                 logger.warning("bridge could not record its cursor on stop", exc_info=True)
-        await _cancel(self._listen_task)
+        await cancel_and_wait(self._listen_task)
         self._listen_task = None
 
     def wake(self) -> None:
@@ -442,11 +443,3 @@ class Bridge:
                         connection.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.bridge_reconnect_max_delay)
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

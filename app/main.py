@@ -114,8 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     # /livez, /readyz and /metrics on every port; REST requests timed on the API's (app/ops.py).
     surfaces = {
-        name: OpsSurface(app, inner, name, timed=name == "api")
-        for name, inner in surfaces.items()
+        name: OpsSurface(app, inner, name, timed=name == "api") for name, inner in surfaces.items()
     }
     app.state.surfaces = surfaces
     return app

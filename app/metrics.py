@@ -12,7 +12,6 @@ measures the whole snapshot on a million rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,6 +21,7 @@ from sqlalchemy import ColumnElement, Float, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.api.schemas import iso_ms
+from app.core.tasks import cancel_and_wait
 from app.db.models import Action, Agent, AgentStatus, Event, Message, Session, Task, TaskStatus
 from app.db.types import utcnow
 from app.realtime.manager import ConnectionManager
@@ -192,11 +192,8 @@ class MetricsTask:
         self._task = asyncio.create_task(self._run(), name="metrics")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def refresh(self) -> dict[str, Any]:
         """Compute a snapshot now and keep it as the latest."""

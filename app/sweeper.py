@@ -20,7 +20,6 @@ sequence; AUTOINCREMENT on SQLite), so a bridge reading `id > last_id` is unaffe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.core.tasks import cancel_and_wait
 from app.db.models import BridgeCursor, Event, Message
 from app.db.types import utcnow
 
@@ -73,11 +73,8 @@ class MessageSweeper:
         self._task = asyncio.create_task(self._run(), name="message-sweeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         next_prune = time.monotonic()

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.tasks import cancel_and_wait
 from app.db.models import Agent, AgentStatus
 from app.db.types import utcnow
 
@@ -92,11 +93,8 @@ class AgentRecorder:
 
     async def stop(self) -> None:
         """Stop the task, then write what is pending (disconnects of the drain included)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         try:
             await self.flush()
         except Exception:  # noqa: BLE001 - shutting down: log, do not mask the real exit

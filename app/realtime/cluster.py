@@ -25,13 +25,13 @@ node's `PresenceStore` (who is subscribed to a channel, cluster-wide).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.core.config import Settings
+from app.core.tasks import cancel_and_wait
 from app.realtime.presence import ClientInfo
 
 if TYPE_CHECKING:
@@ -128,9 +128,7 @@ class Cluster:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
             try:
                 # Leaving cleanly: nothing of this node stays behind for others to sweep.

@@ -115,3 +115,17 @@ def recovery_page(
         bool(missed) and missed[0].offset == expected_first
     )
     return HistoryPage(missed if recoverable else [], position, recoverable=recoverable)
+
+
+def history_page(
+    publications: list[Publication],
+    position: StreamPosition,
+    since: StreamPosition | None,
+    limit: int | None,
+) -> HistoryPage:
+    """`recovery_page`, then at most `limit` publications — oldest first, so a client pages
+    forward with `since` = the last offset it got. Every broker's `history` ends here."""
+    page = recovery_page(publications, position, since)
+    if limit is not None and len(page.publications) > limit:
+        page.publications = page.publications[:limit]
+    return page

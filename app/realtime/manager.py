@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import random
 import secrets
@@ -20,6 +19,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.security import TokenCodec
+from app.core.tasks import cancel_and_wait
 from app.realtime.broker.base import Broker
 from app.realtime.channels import agent_channel
 from app.realtime.cluster import Cluster
@@ -91,10 +91,7 @@ class ConnectionManager:
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-sweeper")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         await self.presence_store.close()
         await self.broker.close()
 

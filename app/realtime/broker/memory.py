@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 
+from app.core.tasks import cancel_and_wait
 from app.realtime.broker.base import BrokerHandler
 from app.realtime.history import (
     HistoryPage,
     HistoryPolicies,
     HistoryPolicy,
     StreamPosition,
+    history_page,
     new_epoch,
-    recovery_page,
 )
 from app.realtime.publication import Publication
 
@@ -66,10 +66,7 @@ class MemoryBroker:
 
     async def close(self) -> None:
         self._handler = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
 
     def _stream(self, channel: str) -> _Stream:
         stream = self._streams.get(channel)
@@ -104,11 +101,7 @@ class MemoryBroker:
     ) -> HistoryPage:
         stream = self._stream(channel)
         stream.trim(time.monotonic())
-        page = recovery_page([p for _, p in stream.entries], stream.position, since)
-        if limit is not None and len(page.publications) > limit:
-            # Oldest first: a client pages forward with `since` = the last offset it got.
-            page.publications = page.publications[:limit]
-        return page
+        return history_page([p for _, p in stream.entries], stream.position, since, limit)
 
     async def position(self, channel: str) -> StreamPosition:
         return self._stream(channel).position

@@ -40,14 +40,15 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.core.tasks import cancel_and_wait
 from app.realtime.broker.base import BrokerHandler
 from app.realtime.broker.resume import DeliveryTracker
 from app.realtime.history import (
     HistoryPage,
     HistoryPolicies,
     StreamPosition,
+    history_page,
     new_epoch,
-    recovery_page,
 )
 from app.realtime.hub import BrokerUnavailable
 from app.realtime.publication import Publication
@@ -238,10 +239,7 @@ class PostgresBroker:
     async def close(self) -> None:
         self._tracker.bind(None)
         for task in (self._listener, self._cleaner, self._drainer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
         self._listener = self._cleaner = self._drainer = None
         if self._pool is not None:
             await self._pool.close()
@@ -455,10 +453,7 @@ class PostgresBroker:
         self, channel: str, since: StreamPosition | None = None, limit: int | None = None
     ) -> HistoryPage:
         position, publications = await self._read(channel, since, limit, True)
-        page = recovery_page(publications, position, since)
-        if limit is not None and len(page.publications) > limit:
-            page.publications = page.publications[:limit]
-        return page
+        return history_page(publications, position, since, limit)
 
     async def position(self, channel: str) -> StreamPosition:
         position, _ = await self._read(channel, None, None, False)

@@ -50,14 +50,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app.core.tasks import cancel_and_wait
 from app.realtime.broker.base import BrokerHandler
 from app.realtime.broker.resume import DeliveryTracker
 from app.realtime.history import (
     HistoryPage,
     HistoryPolicies,
     StreamPosition,
+    history_page,
     new_epoch,
-    recovery_page,
 )
 from app.realtime.hub import BrokerUnavailable
 from app.realtime.publication import Publication
@@ -356,11 +357,8 @@ class RedisBroker:
     async def close(self) -> None:
         self._closing = True
         self._tracker.bind(None)
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await cancel_and_wait(self._listener)
+        self._listener = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -567,10 +565,7 @@ class RedisBroker:
         self, channel: str, since: StreamPosition | None = None, limit: int | None = None
     ) -> HistoryPage:
         position, publications = await self._read(channel, since, limit, True)
-        page = recovery_page(publications, position, since)
-        if limit is not None and len(page.publications) > limit:
-            page.publications = page.publications[:limit]
-        return page
+        return history_page(publications, position, since, limit)
 
     async def position(self, channel: str) -> StreamPosition:
         position, _ = await self._read(channel, None, None, False)
