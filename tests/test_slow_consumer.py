@@ -108,3 +108,45 @@ async def test_a_stalled_client_does_not_slow_the_publisher(
     # Every one of them overflowed and was cut off; reading now shows the close code.
     codes = await asyncio.gather(*(asyncio.wait_for(close_code_of(c), 10) for c in stalled))
     assert codes == [3008] * 5
+
+
+async def test_one_hundred_thousand_events_past_a_stalled_subscriber(
+    start_service: ServiceFactory, ws_client: ClientFactory
+) -> None:
+    """The issue's figure: 100,000 events, one subscriber stops reading, one keeps up."""
+    service = await start_service(outbound_queue_bytes=OUTBOUND, history_topics_size=0)
+    manager = service.manager
+    slow = await stalled_client(service.settings.ws_port)
+    await slow.subscribe("topics/flood")
+    fast = await ws_client(service)
+    await fast.subscribe("topics/flood")
+    total = 100_000
+    received: list[int] = []
+
+    async def read_fast() -> None:
+        while len(received) < total:
+            frame = orjson.loads(await fast.ws.recv())
+            if frame.get("event") == "flood.tick":
+                received.append(frame["data"]["n"])
+
+    reader = asyncio.create_task(read_fast())
+    process = psutil.Process()
+    baseline = peak = process.memory_info().rss
+    started = time.monotonic()
+    for n in range(total):
+        await manager.publish("topics/flood", "flood.tick", {"n": n, "pad": "y" * 64})
+        # A fast reader keeps up: at most a few hundred events in flight to it.
+        while n - len(received) > 300:
+            await asyncio.sleep(0)
+        if n % 5000 == 0:
+            peak = max(peak, process.memory_info().rss)
+    await asyncio.wait_for(reader, 60)
+    elapsed = time.monotonic() - started
+
+    assert received == list(range(total))  # all of them, in order, none twice
+    assert await asyncio.wait_for(close_code_of(slow), 10) == 3008
+    assert fast.client_id in manager.connections
+    assert manager.stats.slow_consumers == 1
+    growth = peak - baseline
+    assert growth < 16 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MiB"
+    assert elapsed < 90
