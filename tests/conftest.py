@@ -25,11 +25,26 @@ from app.server import Service
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+# Servers get ports below the kernel's ephemeral range (32768–60999 by default): a port the
+# kernel hands out itself can be taken by any outgoing connection (every test client makes
+# some) between the moment we pick it and the moment the server binds it.
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+_next_port = _PORT_LOW + (os.getpid() * 7919) % (_PORT_HIGH - _PORT_LOW)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free now, outside the ephemeral range, and not handed out before."""
+    global _next_port
+    for _ in range(_PORT_HIGH - _PORT_LOW):
+        port = _next_port
+        _next_port = _PORT_LOW + (_next_port + 1 - _PORT_LOW) % (_PORT_HIGH - _PORT_LOW)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def _reachable(url: str, default_port: int) -> bool:
