@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from app.core.security import Identity, Role
+from app.core.security import Role
 from app.realtime.frames import Frame
 from app.realtime.limits import TokenBucket
 from app.realtime.protocol import CloseCode
@@ -364,10 +364,6 @@ class Connection:
         self.sink: Sink | None = None
         self.close_code: int | None = None
         self.slow = False
-
-    @property
-    def identity(self) -> Identity:
-        return Identity(self.agent_id, self.session_id, self.role, self.expires_at)
 
     def attach(self, send: AsgiSend, max_messages: int, max_bytes: int) -> None:
         """Choose the sink for an accepted connection (see module docstring)."""
