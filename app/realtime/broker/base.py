@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from app.realtime.history import HistoryPage, StreamPosition
+from app.realtime.history import HistoryPage, StreamPosition, history_page
 from app.realtime.publication import Publication
 
 
@@ -46,3 +46,26 @@ class Broker(Protocol):
     @property
     def healthy(self) -> bool:
         """False while the broker cannot deliver (e.g. reconnecting)."""
+
+
+class StoredHistory:
+    """`history` and `position` of a broker that keeps streams outside the process.
+
+    Such a broker reads a stream's position and (optionally) its retained publications in one
+    round trip, `_read`; recovery and paging are then the same for all (history.history_page).
+    """
+
+    async def _read(
+        self, channel: str, since: StreamPosition | None, limit: int | None, entries: bool
+    ) -> tuple[StreamPosition, list[Publication]]:
+        raise NotImplementedError
+
+    async def history(
+        self, channel: str, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        position, publications = await self._read(channel, since, limit, True)
+        return history_page(publications, position, since, limit)
+
+    async def position(self, channel: str) -> StreamPosition:
+        position, _ = await self._read(channel, None, None, False)
+        return position

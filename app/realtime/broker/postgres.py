@@ -41,13 +41,11 @@ import asyncpg
 import orjson
 
 from app.core.tasks import cancel_and_wait
-from app.realtime.broker.base import BrokerHandler
+from app.realtime.broker.base import BrokerHandler, StoredHistory
 from app.realtime.broker.resume import DeliveryTracker
 from app.realtime.history import (
-    HistoryPage,
     HistoryPolicies,
     StreamPosition,
-    history_page,
     new_epoch,
 )
 from app.realtime.hub import BrokerUnavailable
@@ -195,7 +193,7 @@ async def purge_namespace(database_url: str, namespace: str) -> None:
         await connection.close()
 
 
-class PostgresBroker:
+class PostgresBroker(StoredHistory):
     """Broker over PostgreSQL alone (see the module docstring)."""
 
     def __init__(
@@ -448,13 +446,3 @@ class PostgresBroker:
             if row["offset"] is not None
         ]
         return position, publications
-
-    async def history(
-        self, channel: str, since: StreamPosition | None = None, limit: int | None = None
-    ) -> HistoryPage:
-        position, publications = await self._read(channel, since, limit, True)
-        return history_page(publications, position, since, limit)
-
-    async def position(self, channel: str) -> StreamPosition:
-        position, _ = await self._read(channel, None, None, False)
-        return position

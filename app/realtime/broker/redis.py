@@ -51,13 +51,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.core.tasks import cancel_and_wait
-from app.realtime.broker.base import BrokerHandler
+from app.realtime.broker.base import BrokerHandler, StoredHistory
 from app.realtime.broker.resume import DeliveryTracker
 from app.realtime.history import (
-    HistoryPage,
     HistoryPolicies,
     StreamPosition,
-    history_page,
     new_epoch,
 )
 from app.realtime.hub import BrokerUnavailable
@@ -296,7 +294,7 @@ class _PubSubProtocol(asyncio.Protocol):
 # --- the broker ------------------------------------------------------------------------------
 
 
-class RedisBroker:
+class RedisBroker(StoredHistory):
     """Broker over Redis (see the module docstring)."""
 
     def __init__(
@@ -560,13 +558,3 @@ class RedisBroker:
             entry_offset = int(entry_id.split(b"-", 1)[0])
             publications.append(decode_payload(values[b"p"], entry_offset, position.epoch))
         return position, publications
-
-    async def history(
-        self, channel: str, since: StreamPosition | None = None, limit: int | None = None
-    ) -> HistoryPage:
-        position, publications = await self._read(channel, since, limit, True)
-        return history_page(publications, position, since, limit)
-
-    async def position(self, channel: str) -> StreamPosition:
-        position, _ = await self._read(channel, None, None, False)
-        return position
