@@ -30,6 +30,7 @@ from app.core.logging import install_redaction
 from app.main import create_app
 from app.realtime.manager import ConnectionManager
 from app.realtime.protocol import CloseCode
+from app.realtime.uvicorn_protocol import UpgradeProtocol
 
 logger = logging.getLogger("context_manager.server")
 
@@ -80,8 +81,10 @@ class Service:
             port=_port(settings, surface),
             lifespan="off",
             loop="none",
-            http="httptools",
-            # Chosen explicitly: connection.py writes pre-encoded frames to this protocol.
+            # The WebSocket port parses each upgrade once and hands frames to the endpoint
+            # without uvicorn's receive queue (realtime/uvicorn_protocol.py); connection.py
+            # writes pre-encoded frames to either protocol's transport.
+            http=UpgradeProtocol if surface == "ws" else "httptools",
             ws="websockets-sansio",
             ws_max_size=settings.max_frame_bytes,
             ws_ping_interval=settings.ws_ping_interval or None,

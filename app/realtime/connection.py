@@ -2,9 +2,10 @@
 
 Frames leave through one of two sinks, chosen when the connection is accepted:
 
-* `DirectSink` — under uvicorn's ``websockets-sansio`` protocol (what the service runs). A frame's
-  pre-encoded wire bytes are written straight to the asyncio transport, whose write buffer *is*
-  the outbound queue; its size is checked against OUTBOUND_QUEUE_BYTES before every write.
+* `DirectSink` — under the WebSocket port's own protocol (uvicorn_protocol.py, what the service
+  runs) or uvicorn's ``websockets-sansio`` without compression. A frame's pre-encoded wire
+  bytes are written straight to the asyncio transport, whose write buffer *is* the outbound
+  queue; its size is checked against OUTBOUND_QUEUE_BYTES before every write.
   No task, no coroutine, no per-client framing on the fan-out path.
 * `QueueSink` — any other ASGI server (or Starlette's TestClient). A bounded deque drained by
   one writer task through the ASGI ``send`` callable.
@@ -23,10 +24,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
 from app.core.security import Role
 from app.realtime.frames import Frame
 from app.realtime.limits import TokenBucket
 from app.realtime.protocol import CloseCode
+from app.realtime.uvicorn_protocol import WebSocketProtocol
 
 logger = logging.getLogger("context_manager.connection")
 
@@ -97,7 +101,7 @@ def _flusher() -> _Flusher:
 
 
 class DirectSink:
-    """Writes wire frames to uvicorn's sansio protocol transport (see module docstring)."""
+    """Writes wire frames to the WebSocket protocol's transport (see module docstring)."""
 
     __slots__ = (
         "_proto",
@@ -130,7 +134,9 @@ class DirectSink:
     def supports(send: AsgiSend) -> Any | None:
         """The uvicorn protocol behind `send`, when it is one we can write to directly."""
         proto = getattr(send, "__self__", None)
-        if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+        if isinstance(proto, WebSocketProtocol):
+            return proto  # never negotiates compression
+        if not isinstance(proto, WebSocketsSansIOProtocol):
             return None
         if getattr(proto.config, "ws_per_message_deflate", True):
             return None  # compressed connections need per-client framing

@@ -1,0 +1,558 @@
+"""uvicorn protocol classes of the WebSocket port: one HTTP parse per upgrade, no receive queue.
+
+uvicorn's own path for an upgrade parses the request with httptools, serialises it again and
+hands the bytes to its WebSocket protocol, which parses them a second time with websockets'
+pure-Python HTTP parser, validates them, and builds a `Response` object with its headers. In
+a connect storm that handshake path was 40 % of the server's CPU (docs/performance.md).
+
+* `UpgradeProtocol` is uvicorn's httptools protocol with one change: an upgrade request is
+  handed to `WebSocketProtocol` with the method, target and headers httptools already parsed.
+  Plain HTTP requests on the port (`/health`, `/stats`, `/metrics`, …) are served as before.
+* `WebSocketProtocol` validates the handshake from those headers (RFC 6455 §4.2.1), answers
+  with a pre-built `101`, and frames with websockets' sans-I/O `Protocol` (the same frame
+  parser and close handshake uvicorn's ``websockets-sansio`` uses). It speaks ASGI to the
+  application — `receive` / `send` — so the endpoint runs unchanged on any ASGI server; here
+  `receive` reads a deque with one waiter instead of an `asyncio.Queue`, and reading from the
+  socket pauses only once `INBOX_HIGH` messages wait (uvicorn pauses and resumes the socket
+  around every message).
+
+`connection.DirectSink` writes pre-encoded frames straight to this protocol's transport.
+Used by `app.server.Service` for the WebSocket surface: ``http=UpgradeProtocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import hashlib
+import logging
+import random
+import struct
+from typing import Any, cast
+from urllib.parse import unquote
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side
+
+logger = logging.getLogger("uvicorn.error")
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# Reading from the socket pauses while this many received messages wait for the application,
+# and resumes once it has taken them down to INBOX_LOW. Bounds a client's inbound backlog.
+INBOX_HIGH = 16
+INBOX_LOW = 4
+
+# After our close frame, how long the peer has to answer it before the transport is closed.
+CLOSE_TIMEOUT = 10.0
+
+
+class HandshakeError(Exception):
+    """An upgrade request RFC 6455 does not allow; answered with `status` and closed."""
+
+    def __init__(self, status: int, message: str, headers: bytes = b"") -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
+def accept_key(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def _plain_response(status: int, reason: str, body: str, headers: bytes = b"") -> bytes:
+    payload = body.encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n".encode()
+        + b"content-type: text/plain; charset=utf-8\r\n"
+        + f"content-length: {len(payload)}\r\n".encode()
+        + b"connection: close\r\n"
+        + headers
+        + b"\r\n"
+        + payload
+    )
+
+
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    426: "Upgrade Required",
+    500: "Internal Server Error",
+}
+
+
+def check_handshake(method: str, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, list[str]]:
+    """Validate an opening handshake; return the Sec-WebSocket-Key and offered subprotocols.
+
+    uvicorn only hands over requests whose Upgrade is ``websocket`` and whose Connection
+    has ``upgrade``; what is left to check is RFC 6455 §4.2.1's method, key and version.
+    """
+    if method != "GET":
+        raise HandshakeError(400, f"WebSocket handshake must be GET, not {method}")
+    key: bytes | None = None
+    keys = 0
+    version: bytes | None = None
+    subprotocols: list[str] = []
+    for name, value in headers:
+        if name == b"sec-websocket-key":
+            key = value.strip()
+            keys += 1
+        elif name == b"sec-websocket-version":
+            version = value.strip()
+        elif name == b"sec-websocket-protocol":
+            subprotocols.extend(
+                token.strip() for token in value.decode("latin-1").split(",") if token.strip()
+            )
+    if keys != 1 or key is None:
+        raise HandshakeError(400, "Missing or repeated Sec-WebSocket-Key header")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise HandshakeError(400, "Invalid Sec-WebSocket-Key header") from None
+    if version != b"13":
+        raise HandshakeError(
+            426, "Unsupported Sec-WebSocket-Version", b"sec-websocket-version: 13\r\n"
+        )
+    return key, subprotocols
+
+
+class UpgradeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, handing WebSocket upgrades over without a second parse."""
+
+    def handle_websocket_upgrade(self) -> None:
+        self.connections.discard(self)
+        protocol = WebSocketProtocol(self.config, self.server_state, self.app_state, self.loop)
+        protocol.connection_made(self.transport)
+        self.transport.set_protocol(protocol)
+        protocol.upgrade(cast(dict[str, Any], self.scope), self.url)
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection after its upgrade request (see module docstring)."""
+
+    __slots__ = (
+        "config",
+        "app",
+        "loop",
+        "app_state",
+        "connections",
+        "tasks",
+        "default_headers",
+        "transport",
+        "server",
+        "client",
+        "scheme",
+        "scope",
+        "conn",
+        "_accept",
+        "handshake_complete",
+        "close_sent",
+        "disconnected",
+        "close_timer",
+        "read_paused",
+        "_inbox",
+        "_waiter",
+        "_writable",
+        "_fragments",
+        "_fragment_text",
+        "ping_timer",
+        "pong_timer",
+        "pending_ping_payload",
+        "ping_sent_at",
+        "last_ping_rtt",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = loop
+        self.app_state = app_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.default_headers = server_state.default_headers
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "ws"
+        self.scope: dict[str, Any] = {}
+        self.conn = Protocol(Side.SERVER, max_size=config.ws_max_size, logger=logger)
+        self._accept = b""
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.read_paused = False
+        self._inbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        # Set while the transport's buffer is above its high-water mark (pause_writing).
+        self._writable: asyncio.Future[None] | None = None
+        self._fragments: list[bytes] = []
+        self._fragment_text = False
+        self.ping_timer: asyncio.TimerHandle | None = None
+        self.pong_timer: asyncio.TimerHandle | None = None
+        self.pending_ping_payload: bytes | None = None
+        self.ping_sent_at = 0.0
+        self.last_ping_rtt = 0.0
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.server = get_local_addr(self.transport)
+        self.client = get_remote_addr(self.transport)
+        self.scheme = "wss" if is_ssl(self.transport) else "ws"
+        self.connections.add(self)  # type: ignore[arg-type]
+
+    def upgrade(self, http_scope: dict[str, Any], target: bytes) -> None:
+        """Answer the upgrade request httptools parsed: fail it, or start the application."""
+        headers: list[tuple[bytes, bytes]] = http_scope["headers"]
+        try:
+            key, subprotocols = check_handshake(http_scope["method"], headers)
+        except HandshakeError as exc:
+            self.handshake_complete = self.close_sent = True
+            body = f"Failed to open a WebSocket connection: {exc}.\n"
+            self.transport.write(
+                _plain_response(exc.status, _REASONS[exc.status], body, exc.headers)
+            )
+            self.transport.close()
+            return
+        self._accept = accept_key(key)
+        raw_path, _, query_string = target.partition(b"?")
+        root_path: str = self.config.root_path
+        path = raw_path.decode("ascii")
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
+            "http_version": http_scope.get("http_version", "1.1"),
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": root_path + (unquote(path) if "%" in path else path),
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": http_scope["state"],
+        }
+        self._inbox.append({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stop_keepalive()
+        code = 1005 if self.handshake_complete else 1006
+        self._deliver({"type": "websocket.disconnect", "code": code})
+        self.connections.discard(self)
+        self.handshake_complete = True
+        self.disconnected = True
+        self._wake_writer()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        if exc is None:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def shutdown(self) -> None:
+        """uvicorn's server is exiting: close with 1012 (Service drains before this)."""
+        self.stop_keepalive()
+        if self.close_sent:
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+                self.close_timer = None
+            self.transport.close()
+            return
+        if self.handshake_complete:
+            self._deliver({"type": "websocket.disconnect", "code": 1012})
+            self.conn.send_close(1012)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+        else:
+            self._send_500()
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        if conn.parser_exc is not None:
+            self._fail_from_parser()
+            return
+        # A server-side Protocol past the handshake only ever yields frames.
+        for event in cast("list[Frame]", conn.events_received()):
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                self._on_data(event)
+            elif opcode is Opcode.PING:
+                # websockets queued the pong already.
+                self.transport.write(b"".join(conn.data_to_send()))
+            elif opcode is Opcode.PONG:
+                self._on_pong(event)
+            elif opcode is Opcode.CLOSE:
+                self._on_close()
+
+    # --- inbound --------------------------------------------------------------------------
+
+    def _on_data(self, frame: Frame) -> None:
+        if frame.opcode is not Opcode.CONT:
+            self._fragment_text = frame.opcode is Opcode.TEXT
+            if frame.fin:
+                self._on_message(bytes(frame.data))
+                return
+            self._fragments = [bytes(frame.data)]
+            return
+        self._fragments.append(bytes(frame.data))
+        if frame.fin:
+            data = b"".join(self._fragments)
+            self._fragments = []
+            self._on_message(data)
+
+    def _on_message(self, data: bytes) -> None:
+        if self.close_sent:
+            # The application is past `websocket.close`: drop it, keep reading for the reply.
+            return
+        if self._fragment_text:
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                self.conn.fail(1007, "invalid UTF-8")
+                self._fail_from_parser()
+                return
+            self._deliver({"type": "websocket.receive", "text": text})
+        else:
+            self._deliver({"type": "websocket.receive", "bytes": data})
+        if len(self._inbox) >= INBOX_HIGH and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        self._inbox.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_close(self) -> None:
+        if self.close_sent:
+            # The peer answered our close frame: the closing handshake is complete.
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+                self.close_timer = None
+                self.transport.close()
+            return
+        if not self.transport.is_closing():
+            received = self.conn.close_rcvd
+            code = received.code if received is not None else 1005
+            reason = received.reason if received is not None else ""
+            self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+            # websockets queued the echo of the close frame.
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()
+
+    def _fail_from_parser(self) -> None:
+        sent = self.conn.close_sent
+        code = sent.code if sent is not None else 1002
+        reason = sent.reason if sent is not None else ""
+        self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+
+    # --- keepalive (as uvicorn's websockets-sansio: WS_PING_INTERVAL / WS_PING_TIMEOUT) -----
+
+    def start_keepalive(self) -> None:
+        interval = self.config.ws_ping_interval
+        if interval is not None and interval > 0:
+            self._schedule_ping()
+
+    def stop_keepalive(self) -> None:
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
+        if self.pong_timer is not None:
+            self.pong_timer.cancel()
+            self.pong_timer = None
+        self.pending_ping_payload = None
+
+    def _schedule_ping(self) -> None:
+        interval = self.config.ws_ping_interval or 0.0
+        delay = max(0.0, interval - self.last_ping_rtt)
+        self.ping_timer = self.loop.call_later(delay, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self.ping_timer = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        timeout = self.config.ws_ping_timeout
+        if timeout is not None:
+            self.pong_timer = self.loop.call_later(timeout, self._keepalive_timeout)
+        else:
+            self._schedule_ping()
+
+    def _on_pong(self, frame: Frame) -> None:
+        # Unsolicited or stale pongs (another payload) are ignored.
+        if self.pending_ping_payload is None or bytes(frame.data) != self.pending_ping_payload:
+            return
+        self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+        self.pending_ping_payload = None
+        if self.pong_timer is not None:
+            self.pong_timer.cancel()
+            self.pong_timer = None
+            self._schedule_ping()
+
+    def _keepalive_timeout(self) -> None:
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.conn.fail(1011, "keepalive ping timeout")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+
+    # --- ASGI -----------------------------------------------------------------------------
+
+    async def run_asgi(self) -> None:
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            logger.exception("Exception in ASGI application\n")
+            self._send_500()
+        else:
+            if not self.handshake_complete:
+                logger.error("ASGI callable returned without completing handshake.")
+                self._send_500()
+            elif result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None:
+            self.transport.close()
+
+    def _send_500(self) -> None:
+        if self.handshake_complete:
+            return
+        self.handshake_complete = True
+        self.transport.write(_plain_response(500, _REASONS[500], "Internal Server Error"))
+
+    async def receive(self) -> dict[str, Any]:
+        inbox = self._inbox
+        while not inbox:
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        message = inbox.popleft()
+        if self.read_paused and len(inbox) <= INBOX_LOW:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        writable = self._writable
+        if writable is not None:
+            await asyncio.shield(writable)
+        if self.disconnected:
+            raise ClientDisconnected()
+        kind = message["type"]
+        if not self.handshake_complete:
+            if kind == "websocket.accept":
+                self._accept_handshake(message)
+            elif kind == "websocket.close":
+                # Before accept a close is an HTTP 403 (ASGI spec).
+                self._deliver({"type": "websocket.disconnect", "code": 1006})
+                self.handshake_complete = self.close_sent = True
+                self.transport.write(_plain_response(403, _REASONS[403], ""))
+                self.transport.close()
+            else:
+                raise RuntimeError(
+                    "Expected ASGI message 'websocket.accept' or 'websocket.close', "
+                    f"but got {kind!r}."
+                )
+            return
+        if self.close_sent:
+            raise RuntimeError(
+                f"Unexpected ASGI message {kind!r}, after sending 'websocket.close'."
+            )
+        try:
+            if kind == "websocket.send":
+                data = message.get("bytes")
+                if data is not None:
+                    self.conn.send_binary(data)
+                else:
+                    self.conn.send_text(message["text"].encode())
+                self.transport.write(b"".join(self.conn.data_to_send()))
+            elif kind == "websocket.close":
+                if self.transport.is_closing():
+                    return
+                code = message.get("code", 1000)
+                reason = message.get("reason") or ""
+                self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+                self.conn.send_close(code, reason)
+                self.transport.write(b"".join(self.conn.data_to_send()))
+                self.close_sent = True
+                if self.read_paused:
+                    self.read_paused = False
+                    self.transport.resume_reading()
+                self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+            else:
+                raise RuntimeError(
+                    "Expected ASGI message 'websocket.send' or 'websocket.close', "
+                    f"but got {kind!r}."
+                )
+        except InvalidState:
+            raise ClientDisconnected() from None
+
+    def _accept_handshake(self, message: dict[str, Any]) -> None:
+        if self.transport.is_closing():
+            return
+        lines = [
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"upgrade: websocket\r\n"
+            b"connection: Upgrade\r\n"
+            b"sec-websocket-accept: " + self._accept + b"\r\n"
+        ]
+        for name, value in (*self.default_headers, *message.get("headers", ())):
+            lines.append(bytes(name) + b": " + bytes(value) + b"\r\n")
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            lines.append(b"sec-websocket-protocol: " + subprotocol.encode() + b"\r\n")
+        lines.append(b"\r\n")
+        self.handshake_complete = True
+        self.transport.write(b"".join(lines))
+        self.start_keepalive()
