@@ -86,6 +86,13 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     install_redaction()
     numeric = logging.getLevelName(level.upper()) if level != "trace" else 5
     root.setLevel(numeric if isinstance(numeric, int) else logging.INFO)
+    # Neither formatter prints where a call came from, or its thread or process: skip the
+    # stack walk and lookups every record would make (the logging docs' "Optimization"; a
+    # connect storm logs two lines per connection).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []

@@ -131,7 +131,8 @@ class UpgradeProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self.connections.discard(self)
         protocol = WebSocketProtocol(self.config, self.server_state, self.app_state, self.loop)
-        protocol.connection_made(self.transport)
+        # The addresses are known already (looking them up again makes a socket object).
+        protocol.adopt(self.transport, self.server, self.client, self.scheme == "https")
         self.transport.set_protocol(protocol)
         protocol.upgrade(cast(dict[str, Any], self.scope), self.url)
 
@@ -212,10 +213,23 @@ class WebSocketProtocol(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.server = get_local_addr(self.transport)
-        self.client = get_remote_addr(self.transport)
-        self.scheme = "wss" if is_ssl(self.transport) else "ws"
+        transport = cast(asyncio.Transport, transport)
+        self.adopt(
+            transport, get_local_addr(transport), get_remote_addr(transport), is_ssl(transport)
+        )
+
+    def adopt(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int | None] | None,
+        client: tuple[str, int] | None,
+        tls: bool,
+    ) -> None:
+        """Take over a connection whose HTTP protocol already knows its addresses."""
+        self.transport = transport
+        self.server = server
+        self.client = client
+        self.scheme = "wss" if tls else "ws"
         self.connections.add(self)  # type: ignore[arg-type]
 
     def upgrade(self, http_scope: dict[str, Any], target: bytes) -> None:
