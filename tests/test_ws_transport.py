@@ -156,6 +156,13 @@ async def test_invalid_handshakes_get_a_clear_http_error(
     assert service.manager.snapshot()["connections"]["current"] == 0
 
 
+async def test_non_ascii_request_target_is_refused(service: Service) -> None:
+    sock = await raw(service, _request("/w\u00e9"))
+    status, _, _ = await sock.response()
+    assert status == 400
+    assert await sock.closed()
+
+
 async def test_percent_encoded_path_and_query_reach_the_endpoint(
     service: Service, ws_client: ClientFactory
 ) -> None:

@@ -235,8 +235,13 @@ class WebSocketProtocol(asyncio.Protocol):
     def upgrade(self, http_scope: dict[str, Any], target: bytes) -> None:
         """Answer the upgrade request httptools parsed: fail it, or start the application."""
         headers: list[tuple[bytes, bytes]] = http_scope["headers"]
+        raw_path, _, query_string = target.partition(b"?")
         try:
             key, subprotocols = check_handshake(http_scope["method"], headers)
+            try:
+                path = raw_path.decode("ascii")
+            except UnicodeDecodeError:
+                raise HandshakeError(400, "Request target is not ASCII") from None
         except HandshakeError as exc:
             self.handshake_complete = self.close_sent = True
             body = f"Failed to open a WebSocket connection: {exc}.\n"
@@ -246,9 +251,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.close()
             return
         self._accept = accept_key(key)
-        raw_path, _, query_string = target.partition(b"?")
         root_path: str = self.config.root_path
-        path = raw_path.decode("ascii")
         self.scope = {
             "type": "websocket",
             "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
