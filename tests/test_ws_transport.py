@@ -16,11 +16,16 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+import uvicorn
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from app.main import create_app
+from app.realtime.connection import DirectSink, QueueSink
+from app.realtime.manager import ConnectionManager
 from app.realtime.uvicorn_protocol import INBOX_HIGH, accept_key
 from app.server import Service
-from tests.conftest import ClientFactory, ServiceFactory
+from tests.conftest import ClientFactory, ServiceFactory, SettingsFactory
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -272,3 +277,46 @@ async def test_closed_connection_raises_for_client(
     with pytest.raises(ConnectionClosed) as info:
         await client.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+
+
+@pytest.mark.parametrize(("deflate", "sink"), [(False, DirectSink), (True, QueueSink)])
+async def test_the_surface_under_plain_uvicorn(
+    make_settings: SettingsFactory, deflate: bool, sink: type
+) -> None:
+    """Served by uvicorn's own protocols (as `uvicorn --ws websockets-sansio` would), the
+    surface still writes frames straight to the transport — unless compression is on, which
+    needs per-client framing and takes the queue."""
+    settings = make_settings()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app.state.surfaces["ws"],
+        host="127.0.0.1",
+        port=settings.ws_port,
+        lifespan="on",
+        ws="websockets-sansio",
+        ws_per_message_deflate=deflate,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not serving.done()
+            await asyncio.sleep(0.01)
+        url = f"ws://127.0.0.1:{settings.ws_port}/"
+        async with connect(url) as receiver, connect(url) as sender:
+            for ws in (receiver, sender):
+                assert orjson.loads(await ws.recv())["type"] == "connected"
+            manager: ConnectionManager = app.state.manager
+            assert all(isinstance(c.sink, sink) for c in manager.connections.values())
+            await receiver.send(orjson.dumps({"type": "subscribe", "channel": "topics/u", "id": 1}))
+            assert orjson.loads(await receiver.recv())["id"] == 1
+            for n in range(5):
+                publish = {"type": "publish", "channel": "topics/u", "event": "a.b", "data": n}
+                await sender.send(orjson.dumps({**publish, "id": n}))
+                assert orjson.loads(await sender.recv())["id"] == n
+            got = [orjson.loads(await receiver.recv())["data"] for _ in range(5)]
+            assert got == list(range(5))
+    finally:
+        server.should_exit = True
+        await serving
