@@ -13,6 +13,7 @@ import contextlib
 import os
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -23,7 +24,13 @@ from websockets.exceptions import ConnectionClosed
 from app.main import create_app
 from app.realtime.connection import DirectSink, QueueSink
 from app.realtime.manager import ConnectionManager
-from app.realtime.uvicorn_protocol import INBOX_HIGH, accept_key
+from app.realtime.uvicorn_protocol import (
+    INBOX_HIGH,
+    INBOX_HIGH_BYTES,
+    UpgradeProtocol,
+    WebSocketProtocol,
+    accept_key,
+)
 from app.server import Service
 from tests.conftest import ClientFactory, ServiceFactory, SettingsFactory
 
@@ -318,5 +325,55 @@ async def test_the_surface_under_plain_uvicorn(
             got = [orjson.loads(await receiver.recv())["data"] for _ in range(5)]
             assert got == list(range(5))
     finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_inbox_bounds_what_a_client_can_queue(make_settings: SettingsFactory) -> None:
+    """While the application does not read, the socket is paused once INBOX_HIGH_BYTES wait
+    (large messages) — the rest stays in the kernel — and every message arrives in order after."""
+    release = asyncio.Event()
+    protocols: list[WebSocketProtocol] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        protocols.append(send.__self__)
+        await release.wait()
+        sizes: list[int] = []
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            sizes.append(len(message["text"]))
+            if len(sizes) == 40:
+                await send({"type": "websocket.send", "text": orjson.dumps(sizes).decode()})
+
+    port = make_settings().ws_port
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=UpgradeProtocol, lifespan="off", log_config=None
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not serving.done()
+            await asyncio.sleep(0.01)
+        async with connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+            # 40 messages of 100 KB: 4 MB, far beyond the inbox's 256 KiB.
+            for n in range(40):
+                await ws.send(str(n % 10) * 100_000)
+            await asyncio.sleep(0.5)
+            (proto,) = protocols
+            assert proto.read_paused
+            # The high mark (256 KiB), plus at most one read and one message past it.
+            assert INBOX_HIGH_BYTES == 256 * 1024
+            assert proto._inbox_bytes <= 256 * 1024 * 2 + 100_000
+            release.set()
+            sizes = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert sizes == [100_000] * 40
+            assert not proto.read_paused and proto._inbox_bytes == 0
+    finally:
+        release.set()  # a failed assertion above must not leave the application waiting
         server.should_exit = True
         await serving

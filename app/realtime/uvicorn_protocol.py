@@ -13,8 +13,8 @@ a connect storm that handshake path was 40 % of the server's CPU (docs/performan
   parser and close handshake uvicorn's ``websockets-sansio`` uses). It speaks ASGI to the
   application — `receive` / `send` — so the endpoint runs unchanged on any ASGI server; here
   `receive` reads a deque with one waiter instead of an `asyncio.Queue`, and reading from the
-  socket pauses only once `INBOX_HIGH` messages wait (uvicorn pauses and resumes the socket
-  around every message).
+  socket pauses only once `INBOX_HIGH` messages or `INBOX_HIGH_BYTES` wait (uvicorn pauses and
+  resumes the socket  around every message).
 
 `connection.DirectSink` writes pre-encoded frames straight to this protocol's transport.
 Used by `app.server.Service` for the WebSocket surface: ``http=UpgradeProtocol``.
@@ -45,10 +45,13 @@ logger = logging.getLogger("uvicorn.error")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-# Reading from the socket pauses while this many received messages wait for the application,
-# and resumes once it has taken them down to INBOX_LOW. Bounds a client's inbound backlog.
+# Reading from the socket pauses while this many received messages, or this many bytes of
+# them, wait for the application, and resumes once it has taken them down to the low marks.
+# Bounds what one client can make the server hold: one read (≤ 256 KiB) past the high marks.
 INBOX_HIGH = 16
 INBOX_LOW = 4
+INBOX_HIGH_BYTES = 256 * 1024
+INBOX_LOW_BYTES = 64 * 1024
 
 # After our close frame, how long the peer has to answer it before the transport is closed.
 CLOSE_TIMEOUT = 10.0
@@ -161,6 +164,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "close_timer",
         "read_paused",
         "_inbox",
+        "_inbox_bytes",
         "_waiter",
         "_writable",
         "_fragments",
@@ -199,6 +203,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.close_timer: asyncio.TimerHandle | None = None
         self.read_paused = False
         self._inbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._inbox_bytes = 0  # payload bytes (characters of text) waiting in the inbox
         self._waiter: asyncio.Future[None] | None = None
         # Set while the transport's buffer is above its high-water mark (pause_writing).
         self._writable: asyncio.Future[None] | None = None
@@ -366,9 +371,14 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._fail_from_parser()
                 return
             self._deliver({"type": "websocket.receive", "text": text})
+            # Counted as `receive` will subtract it: in characters for text.
+            self._inbox_bytes += len(text)
         else:
             self._deliver({"type": "websocket.receive", "bytes": data})
-        if len(self._inbox) >= INBOX_HIGH and not self.read_paused:
+            self._inbox_bytes += len(data)
+        if not self.read_paused and (
+            len(self._inbox) >= INBOX_HIGH or self._inbox_bytes >= INBOX_HIGH_BYTES
+        ):
             self.read_paused = True
             self.transport.pause_reading()
 
@@ -495,7 +505,12 @@ class WebSocketProtocol(asyncio.Protocol):
             finally:
                 self._waiter = None
         message = inbox.popleft()
-        if self.read_paused and len(inbox) <= INBOX_LOW:
+        if message["type"] == "websocket.receive":
+            payload = message.get("text")
+            if payload is None:
+                payload = message["bytes"]
+            self._inbox_bytes -= len(payload)
+        if self.read_paused and len(inbox) <= INBOX_LOW and self._inbox_bytes <= INBOX_LOW_BYTES:
             self.read_paused = False
             self.transport.resume_reading()
         return message
