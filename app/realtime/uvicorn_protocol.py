@@ -35,7 +35,7 @@ from urllib.parse import unquote
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr, is_ssl
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
@@ -92,30 +92,37 @@ _REASONS = {
 }
 
 
-def check_handshake(method: str, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, list[str]]:
-    """Validate an opening handshake; return the Sec-WebSocket-Key and offered subprotocols.
+def check_handshake(
+    method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, str, list[str]]:
+    """Validate an opening handshake; return its Sec-WebSocket-Key, path and subprotocols.
 
     uvicorn only hands over requests whose Upgrade is ``websocket`` and whose Connection
     has ``upgrade``; what is left to check is RFC 6455 §4.2.1's method, key and version.
+    httptools refuses a non-ASCII target today; checked here so a parser leniency cannot
+    turn one into an exception.
     """
     if method != "GET":
         raise HandshakeError(400, f"WebSocket handshake must be GET, not {method}")
-    key: bytes | None = None
-    keys = 0
+    try:
+        path = raw_path.decode("ascii")
+    except UnicodeDecodeError:
+        raise HandshakeError(400, "Request target is not ASCII") from None
+    keys: list[bytes] = []
     version: bytes | None = None
     subprotocols: list[str] = []
     for name, value in headers:
         if name == b"sec-websocket-key":
-            key = value.strip()
-            keys += 1
+            keys.append(value.strip())
         elif name == b"sec-websocket-version":
             version = value.strip()
         elif name == b"sec-websocket-protocol":
             subprotocols.extend(
                 token.strip() for token in value.decode("latin-1").split(",") if token.strip()
             )
-    if keys != 1 or key is None:
+    if len(keys) != 1:
         raise HandshakeError(400, "Missing or repeated Sec-WebSocket-Key header")
+    key = keys[0]
     try:
         if len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError
@@ -125,7 +132,7 @@ def check_handshake(method: str, headers: list[tuple[bytes, bytes]]) -> tuple[by
         raise HandshakeError(
             426, "Unsupported Sec-WebSocket-Version", b"sec-websocket-version: 13\r\n"
         )
-    return key, subprotocols
+    return key, path, subprotocols
 
 
 class UpgradeProtocol(HttpToolsProtocol):
@@ -133,7 +140,7 @@ class UpgradeProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self.connections.discard(self)
-        protocol = WebSocketProtocol(self.config, self.server_state, self.app_state, self.loop)
+        protocol = WebSocketProtocol(self.config, self.server_state, self.loop)
         # The addresses are known already (looking them up again makes a socket object).
         protocol.adopt(self.transport, self.server, self.client, self.scheme == "https")
         self.transport.set_protocol(protocol)
@@ -147,7 +154,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "config",
         "app",
         "loop",
-        "app_state",
         "connections",
         "tasks",
         "default_headers",
@@ -180,13 +186,11 @@ class WebSocketProtocol(asyncio.Protocol):
         self,
         config: Config,
         server_state: ServerState,
-        app_state: dict[str, Any],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.config = config
         self.app = config.loaded_app
         self.loop = loop
-        self.app_state = app_state
         self.connections = server_state.connections
         self.tasks = server_state.tasks
         self.default_headers = server_state.default_headers
@@ -216,12 +220,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.last_ping_rtt = 0.0
 
     # --- asyncio.Protocol -----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.adopt(
-            transport, get_local_addr(transport), get_remote_addr(transport), is_ssl(transport)
-        )
+    # No connection_made: the transport exists before this protocol; `adopt` takes it over.
 
     def adopt(
         self,
@@ -242,11 +241,7 @@ class WebSocketProtocol(asyncio.Protocol):
         headers: list[tuple[bytes, bytes]] = http_scope["headers"]
         raw_path, _, query_string = target.partition(b"?")
         try:
-            key, subprotocols = check_handshake(http_scope["method"], headers)
-            try:
-                path = raw_path.decode("ascii")
-            except UnicodeDecodeError:
-                raise HandshakeError(400, "Request target is not ASCII") from None
+            key, path, subprotocols = check_handshake(http_scope["method"], raw_path, headers)
         except HandshakeError as exc:
             self.handshake_complete = self.close_sent = True
             body = f"Failed to open a WebSocket connection: {exc}.\n"
@@ -318,7 +313,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.handshake_complete:
             self._deliver({"type": "websocket.disconnect", "code": 1012})
             self.conn.send_close(1012)
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            self._write_pending()
             self.close_sent = True
         else:
             self._send_500()
@@ -337,11 +332,21 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._on_data(event)
             elif opcode is Opcode.PING:
                 # websockets queued the pong already.
-                self.transport.write(b"".join(conn.data_to_send()))
+                self._write_pending()
             elif opcode is Opcode.PONG:
                 self._on_pong(event)
             elif opcode is Opcode.CLOSE:
                 self._on_close()
+
+    def _write_pending(self) -> None:
+        """Write what websockets' state machine queued (a pong, a close frame, a frame)."""
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def _close_now(self) -> None:
+        """Write the close frame websockets queued and close without waiting for a reply."""
+        self._write_pending()
+        self.close_sent = True
+        self.transport.close()
 
     # --- inbound --------------------------------------------------------------------------
 
@@ -402,18 +407,14 @@ class WebSocketProtocol(asyncio.Protocol):
             reason = received.reason if received is not None else ""
             self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
             # websockets queued the echo of the close frame.
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            self.transport.close()
+            self._close_now()
 
     def _fail_from_parser(self) -> None:
         sent = self.conn.close_sent
         code = sent.code if sent is not None else 1002
         reason = sent.reason if sent is not None else ""
         self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.transport.close()
+        self._close_now()
 
     # --- keepalive (as uvicorn's websockets-sansio: WS_PING_INTERVAL / WS_PING_TIMEOUT) -----
 
@@ -443,7 +444,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
         self.ping_sent_at = self.loop.time()
         self.conn.send_ping(self.pending_ping_payload)
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self._write_pending()
         timeout = self.config.ws_ping_timeout
         if timeout is not None:
             self.pong_timer = self.loop.call_later(timeout, self._keepalive_timeout)
@@ -467,9 +468,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.close_sent or self.transport.is_closing():
             return
         self.conn.fail(1011, "keepalive ping timeout")
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.transport.close()
+        self._close_now()
 
     # --- ASGI -----------------------------------------------------------------------------
 
@@ -548,7 +547,7 @@ class WebSocketProtocol(asyncio.Protocol):
                     self.conn.send_binary(data)
                 else:
                     self.conn.send_text(message["text"].encode())
-                self.transport.write(b"".join(self.conn.data_to_send()))
+                self._write_pending()
             elif kind == "websocket.close":
                 if self.transport.is_closing():
                     return
@@ -556,7 +555,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 reason = message.get("reason") or ""
                 self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
                 self.conn.send_close(code, reason)
-                self.transport.write(b"".join(self.conn.data_to_send()))
+                self._write_pending()
                 self.close_sent = True
                 if self.read_paused:
                     self.read_paused = False
