@@ -34,7 +34,6 @@ import collections
 import contextlib
 import logging
 import random
-import time
 from typing import Any
 
 import asyncpg
@@ -42,7 +41,7 @@ import orjson
 
 from app.core.tasks import cancel_and_wait
 from app.realtime.broker.base import BrokerHandler, StoredHistory
-from app.realtime.broker.resume import DeliveryTracker
+from app.realtime.broker.resume import DeliveryTracker, ListenLoop
 from app.realtime.history import (
     HistoryPolicies,
     StreamPosition,
@@ -56,8 +55,6 @@ logger = logging.getLogger("context_manager.broker.postgres")
 CONNECT_TIMEOUT = 5.0
 # The LISTEN connection runs a trivial query this often; a failure means it is gone.
 PING_INTERVAL = 5.0
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 2.0
 CLEANUP_SECONDS = 30.0
 # Rows past the history limits are kept this long, so nodes can fetch large payloads by id.
 FETCH_GRACE_SECONDS = 60
@@ -193,8 +190,10 @@ async def purge_namespace(database_url: str, namespace: str) -> None:
         await connection.close()
 
 
-class PostgresBroker(StoredHistory):
+class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
     """Broker over PostgreSQL alone (see the module docstring)."""
+
+    link_name = "PostgreSQL LISTEN"
 
     def __init__(
         self, node_id: str, policies: HistoryPolicies, database_url: str, namespace: str = "cm"
@@ -227,7 +226,9 @@ class PostgresBroker(StoredHistory):
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=1, max_size=5, timeout=CONNECT_TIMEOUT, command_timeout=10
         )
-        self._listener = asyncio.create_task(self._listen(), name="postgres-broker-listener")
+        self._listener = asyncio.create_task(
+            self._listen(self.history), name="postgres-broker-listener"
+        )
         self._cleaner = asyncio.create_task(self._cleanup_loop(), name="postgres-broker-cleanup")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
@@ -299,53 +300,21 @@ class PostgresBroker(StoredHistory):
     def _on_termination(self, connection: Any) -> None:
         self._lost.set()
 
-    async def _listen(self) -> None:
-        attempt = 0
-        down_since: float | None = None
-        resuming = False
-        while True:
-            connection: asyncpg.Connection | None = None
-            try:
-                self._lost.clear()
-                connection = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
-                connection.add_termination_listener(self._on_termination)
-                if resuming:
-                    self._tracker.hold()
-                await connection.add_listener(self._notify_channel, self._on_notification)
-                self._listen_connection = connection
-                if resuming:
-                    self.recovered_after_reconnect += await self._tracker.catch_up(
-                        sorted(self._channels), self.history
-                    )
-                    self._tracker.release()
-                    assert down_since is not None
-                    self.last_outage_seconds = time.monotonic() - down_since
-                    logger.info(
-                        "PostgreSQL LISTEN re-established after %.2f s", self.last_outage_seconds
-                    )
-                attempt = 0
-                down_since = None
-                self._healthy = True
-                self._connected.set()
-                await self._watch(connection)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
-                if down_since is None:
-                    logger.warning("PostgreSQL LISTEN unavailable: %s", exc or type(exc).__name__)
-            finally:
-                self._healthy = False
-                self._connected.clear()
-                self._tracker.discard()
-                self._listen_connection = None
-                if connection is not None:
-                    connection.terminate()
-            if down_since is None:
-                down_since = time.monotonic()
-                self.reconnects += 1
-            resuming = True
-            attempt += 1
-            await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
+    async def _connect_link(self) -> asyncpg.Connection:
+        self._lost.clear()
+        connection = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
+        connection.add_termination_listener(self._on_termination)
+        return connection
+
+    async def _subscribe_link(self, connection: asyncpg.Connection, channels: list[str]) -> None:
+        # One LISTEN for every channel: notifications name theirs.
+        await connection.add_listener(self._notify_channel, self._on_notification)
+        self._listen_connection = connection
+
+    def _drop_link(self, connection: asyncpg.Connection | None) -> None:
+        self._listen_connection = None
+        if connection is not None:
+            connection.terminate()
 
     async def _watch(self, connection: asyncpg.Connection) -> None:
         while True:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable
@@ -52,7 +51,7 @@ from redis.exceptions import RedisError
 
 from app.core.tasks import cancel_and_wait
 from app.realtime.broker.base import BrokerHandler, StoredHistory
-from app.realtime.broker.resume import DeliveryTracker
+from app.realtime.broker.resume import DeliveryTracker, ListenLoop
 from app.realtime.history import (
     HistoryPolicies,
     StreamPosition,
@@ -68,8 +67,6 @@ SUBSCRIBE_TIMEOUT = 5.0
 # The listener PINGs this often; no PONG for two intervals means a dead link (no RST seen):
 # a silent network failure is noticed within 10-15 s.
 PING_INTERVAL = 5.0
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 2.0
 # A stream's hash outlives its entries so that offsets continue across quiet periods.
 META_MIN_TTL = 3600
 
@@ -294,8 +291,10 @@ class _PubSubProtocol(asyncio.Protocol):
 # --- the broker ------------------------------------------------------------------------------
 
 
-class RedisBroker(StoredHistory):
+class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
     """Broker over Redis (see the module docstring)."""
+
+    link_name = "Redis pub/sub"
 
     def __init__(
         self,
@@ -345,7 +344,9 @@ class RedisBroker(StoredHistory):
         )
         self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
         self._history_script = self._client.register_script(HISTORY_SCRIPT)
-        self._listener = asyncio.create_task(self._listen(), name="redis-broker-listener")
+        self._listener = asyncio.create_task(
+            self._listen(self.history), name="redis-broker-listener"
+        )
         # Normally connected in a few ms; if Redis is down the node starts anyway, unready.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
@@ -367,7 +368,7 @@ class RedisBroker(StoredHistory):
 
     # --- the listener -----------------------------------------------------------------------
 
-    async def _connect(self) -> _PubSubProtocol:
+    async def _connect_link(self) -> _PubSubProtocol:
         parts = urlsplit(self._url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
@@ -389,6 +390,7 @@ class RedisBroker(StoredHistory):
             if parts.username:
                 credentials.insert(0, unquote(parts.username))
             await asyncio.wait_for(protocol.call("AUTH", *credentials), CONNECT_TIMEOUT)
+        self._protocol = protocol
         return protocol
 
     def _on_subscribed(self, channel: str) -> None:
@@ -408,64 +410,19 @@ class RedisBroker(StoredHistory):
         self._waiters.setdefault(channel, []).append(waiter)
         return waiter
 
-    async def _listen(self) -> None:
-        attempt = 0
-        down_since: float | None = None
-        resuming = False
-        while True:
-            protocol: _PubSubProtocol | None = None
-            try:
-                protocol = await self._connect()
-                self._protocol = protocol
-                channels = sorted(self._channels)
-                if resuming:
-                    # Hold live messages until the catch-up has delivered what came before.
-                    self._tracker.hold()
-                waiters = [self._expect_subscribed(channel) for channel in channels]
-                for start in range(0, len(channels), 500):
-                    batch = channels[start : start + 500]
-                    protocol.send(b"SUBSCRIBE", *(self._pub_prefix + c.encode() for c in batch))
-                if waiters:
-                    await asyncio.wait_for(asyncio.gather(*waiters), SUBSCRIBE_TIMEOUT)
-                if resuming:
-                    self.recovered_after_reconnect += await self._tracker.catch_up(
-                        channels, self.history
-                    )
-                    self._tracker.release()
-                    assert down_since is not None
-                    self.last_outage_seconds = time.monotonic() - down_since
-                    logger.info(
-                        "Redis pub/sub reconnected after %.2f s; %d channel(s) re-subscribed",
-                        self.last_outage_seconds,
-                        len(channels),
-                    )
-                attempt = 0
-                down_since = None
-                self._healthy = True
-                self._connected.set()
-                await self._watch(protocol)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
-                if down_since is None or attempt == 0:
-                    logger.warning("Redis pub/sub unavailable: %s", exc or type(exc).__name__)
-            finally:
-                self._healthy = False
-                self._connected.clear()
-                # Held-back messages are dropped, not delivered past a gap: the next
-                # catch-up reads them from history, in order.
-                self._tracker.discard()
-                self._protocol = None
-                self._fail_waiters()
-                if protocol is not None and protocol.transport is not None:
-                    protocol.transport.abort()
-            if down_since is None:
-                down_since = time.monotonic()
-                self.reconnects += 1
-            resuming = True
-            attempt += 1
-            # Full jitter: nodes that lost Redis together do not come back in lockstep.
-            await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
+    async def _subscribe_link(self, protocol: _PubSubProtocol, channels: list[str]) -> None:
+        waiters = [self._expect_subscribed(channel) for channel in channels]
+        for start in range(0, len(channels), 500):
+            batch = channels[start : start + 500]
+            protocol.send(b"SUBSCRIBE", *(self._pub_prefix + c.encode() for c in batch))
+        if waiters:
+            await asyncio.wait_for(asyncio.gather(*waiters), SUBSCRIBE_TIMEOUT)
+
+    def _drop_link(self, protocol: _PubSubProtocol | None) -> None:
+        self._protocol = None
+        self._fail_waiters()
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
 
     async def _watch(self, protocol: _PubSubProtocol) -> None:
         """Return when the connection closes; PING so a silent network failure is seen too."""

@@ -10,13 +10,19 @@ subscribed channel, the last (epoch, offset) handed to the hub, so that after a 
 2. live messages already delivered by the catch-up are dropped (`admit`).
 
 Nothing here runs per subscriber: one dict lookup and one tuple per publication per node.
+
+`ListenLoop` is the loop both multi-node brokers keep their pub/sub link with: connect,
+subscribe, catch up after a reconnect, watch, and back off with full jitter when it breaks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
 
 from app.realtime.broker.base import BrokerHandler
 from app.realtime.history import HistoryPage, StreamPosition
@@ -28,6 +34,13 @@ HistoryReader = Callable[[str, StreamPosition], Awaitable[HistoryPage]]
 
 # Channels read concurrently during a catch-up: enough to be quick, few enough for the pool.
 CATCH_UP_CONCURRENCY = 32
+
+# Reconnect delays: uniform in [0, min(CAP, BASE * 2**attempt)] seconds ("full jitter"), so
+# nodes that lost the server together do not come back in lockstep.
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 2.0
+
+L = TypeVar("L")
 
 
 class DeliveryTracker:
@@ -114,3 +127,81 @@ class DeliveryTracker:
                     self._admit(publication)
                     recovered += 1
         return recovered
+
+
+class ListenLoop(Generic[L]):
+    """The reconnecting pub/sub link of a multi-node broker; the broker supplies the link.
+
+    A broker subclasses it, sets the state below in its ``__init__``, implements the four
+    link methods, and runs ``_listen(self.history)`` as a task.
+    """
+
+    link_name = "pub/sub"  # how log lines name the link
+    _tracker: DeliveryTracker
+    _channels: set[str]
+    _connected: asyncio.Event
+    _healthy: bool
+    reconnects: int
+    recovered_after_reconnect: int
+    last_outage_seconds: float
+
+    async def _connect_link(self) -> L:
+        """Open the link (not yet subscribed)."""
+        raise NotImplementedError
+
+    async def _subscribe_link(self, link: L, channels: list[str]) -> None:
+        """Subscribe the link to `channels` (every channel this node listens to)."""
+        raise NotImplementedError
+
+    async def _watch(self, link: L) -> None:
+        """Return (or raise) once the link is lost."""
+        raise NotImplementedError
+
+    def _drop_link(self, link: L | None) -> None:
+        """Forget and close the link (None: it never opened)."""
+        raise NotImplementedError
+
+    async def _listen(self, read: HistoryReader) -> None:
+        attempt = 0
+        down_since: float | None = None  # set from the first failure until the link is back
+        while True:
+            link: L | None = None
+            try:
+                link = await self._connect_link()
+                channels = sorted(self._channels)
+                if down_since is not None:
+                    # Hold live messages until the catch-up has delivered what came before.
+                    self._tracker.hold()
+                await self._subscribe_link(link, channels)
+                if down_since is not None:
+                    self.recovered_after_reconnect += await self._tracker.catch_up(channels, read)
+                    self._tracker.release()
+                    self.last_outage_seconds = time.monotonic() - down_since
+                    logger.info(
+                        "%s re-established after %.2f s; %d channel(s) re-subscribed",
+                        self.link_name,
+                        self.last_outage_seconds,
+                        len(channels),
+                    )
+                attempt = 0
+                down_since = None
+                self._healthy = True
+                self._connected.set()
+                await self._watch(link)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
+                if down_since is None:
+                    logger.warning("%s unavailable: %s", self.link_name, exc or type(exc).__name__)
+            finally:
+                self._healthy = False
+                self._connected.clear()
+                # Held-back messages are dropped, not delivered past a gap: the next
+                # catch-up reads them from history, in order.
+                self._tracker.discard()
+                self._drop_link(link)
+            if down_since is None:
+                down_since = time.monotonic()
+                self.reconnects += 1
+            attempt += 1
+            await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
