@@ -20,11 +20,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Float, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.api.schemas import iso_ms
 from app.core.tasks import cancel_and_wait
 from app.db.models import Action, Agent, AgentStatus, Event, Message, Session, Task, TaskStatus
 from app.db.types import utcnow
 from app.realtime.manager import ConnectionManager
+from app.schemas import iso_ms
 
 logger = logging.getLogger("context_manager.metrics")
 

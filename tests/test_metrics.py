@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.api.schemas import MetricsSnapshot
+from app.schemas import MetricsSnapshot
 from tests.conftest import ClientFactory, ServiceFactory
 from tests.databases import BACKENDS, api, data_settings, fresh_database
 

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.api.schemas import ErrorBody, PlainError
+from app.schemas import ErrorBody, PlainError
 
 
 class ApiError(Exception):

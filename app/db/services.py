@@ -17,7 +17,6 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import crud
-from app.api.schemas import check_json, clean_text
 from app.bridge import Bridge
 from app.core.config import Settings
 from app.db.agents import AgentRecorder
@@ -25,6 +24,7 @@ from app.db.migrate import migrate
 from app.metrics import MetricsTask
 from app.realtime.manager import ConnectionManager
 from app.realtime.protocol import ErrorCode, ProtocolError
+from app.schemas import check_json, clean_text
 from app.sweeper import MessageSweeper
 
 logger = logging.getLogger("context_manager.db")

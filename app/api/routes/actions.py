@@ -7,9 +7,9 @@ from fastapi import APIRouter
 from app import crud
 from app.api.deps import DbDep
 from app.api.errors import responses
-from app.api.schemas import ActionCreate, ActionOut
 from app.db.models import Action
 from app.db.types import utcnow
+from app.schemas import ActionCreate, ActionOut
 
 router = APIRouter(prefix="/api/actions", tags=["actions"])
 

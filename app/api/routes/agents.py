@@ -10,11 +10,11 @@ from sqlalchemy import select
 from app import crud
 from app.api.deps import AgentsDep, Cursor, DbDep, Limit, ManagerDep, OrderQuery, PathId
 from app.api.errors import ApiError, not_found, responses
-from app.api.schemas import AgentCreate, AgentOut, Page, iso_ms
 from app.db.agents import AgentRecorder
 from app.db.models import Agent, AgentStatus
 from app.db.types import utcnow
 from app.realtime.manager import ConnectionManager
+from app.schemas import AgentCreate, AgentOut, Page, iso_ms
 
 router = APIRouter(prefix="/api/agents", tags=["agents"])
 

@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from app.api.auth import IdentityDep
 from app.api.deps import ManagerDep
 from app.api.errors import ApiError, invalid, responses
-from app.api.schemas import EventPublish, EventPublished
 from app.realtime.channels import check_event, parse_channel
 from app.realtime.permissions import may_publish
 from app.realtime.protocol import ProtocolError
+from app.schemas import EventPublish, EventPublished
 
 router = APIRouter(prefix="/api/events", tags=["events"])
 

@@ -10,9 +10,9 @@ from sqlalchemy import select, update
 from app import crud
 from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
 from app.api.errors import ApiError, not_found, responses
-from app.api.schemas import Id, MessageCreate, MessageOut, Page
 from app.db.models import Message
 from app.db.types import utcnow
+from app.schemas import Id, MessageCreate, MessageOut, Page
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import MetricsDep
-from app.api.schemas import MetricsSnapshot
+from app.schemas import MetricsSnapshot
 
 router = APIRouter(prefix="/api/metrics", tags=["metrics"])
 

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from app import crud
 from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
 from app.api.errors import ApiError, not_found, responses
-from app.api.schemas import Page, SessionCreate, SessionOut, SessionUpdate
 from app.db.models import Session, SessionStatus
 from app.db.types import utcnow
+from app.schemas import Page, SessionCreate, SessionOut, SessionUpdate
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 

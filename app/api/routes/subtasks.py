@@ -8,9 +8,9 @@ from sqlalchemy import select
 from app import crud
 from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
 from app.api.errors import not_found, responses
-from app.api.schemas import Page, SubtaskCreate, SubtaskOut, SubtaskUpdate
 from app.db.models import Subtask, Task, TaskStatus
 from app.db.types import utcnow
+from app.schemas import Page, SubtaskCreate, SubtaskOut, SubtaskUpdate
 
 router = APIRouter(tags=["subtasks"])
 

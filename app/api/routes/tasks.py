@@ -10,9 +10,9 @@ from sqlalchemy import select
 from app import crud
 from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
 from app.api.errors import not_found, responses
-from app.api.schemas import Id, Page, TaskCreate, TaskOut, TaskUpdate
 from app.db.models import Task, TaskStatus
 from app.db.types import utcnow
+from app.schemas import Id, Page, TaskCreate, TaskOut, TaskUpdate
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
