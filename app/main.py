@@ -14,7 +14,6 @@ ConnectionManager. `app.server.Service` runs the lifespan once and one uvicorn s
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,48 +39,33 @@ from app.api.routes import (
 )
 from app.core.config import Settings
 from app.dashboard import DashboardSurface
-from app.db.engine import create_engine, create_sessionmaker
-from app.db.services import DataServices
 from app.ops import OpsSurface
-from app.realtime.broker import create_broker
-from app.realtime.cluster import create_cluster
 from app.realtime.http import WebSocketSurface
-from app.realtime.manager import ConnectionManager
+from app.runtime import Runtime
 
 logger = logging.getLogger("context_manager")
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Build and start what the surfaces share; stop it in reverse order."""
-    settings: Settings = app.state.settings
-    node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
-    engine = create_engine(settings.database_url)
-    broker = create_broker(settings, node_id)
-    cluster = create_cluster(settings, node_id)
-    manager = ConnectionManager(settings, broker, node_id, cluster=cluster)
-    app.state.node_id = node_id
-    app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.manager = manager
-    data = DataServices(settings, engine, app.state.sessionmaker, manager)
-    app.state.bridge = data.bridge
-    app.state.agents = data.agents
-    app.state.metrics = data.metrics
-    await data.migrate()
-    await manager.start()
+    """Build and start what the surfaces share (app/runtime.py); stop it in reverse order."""
+    runtime = Runtime(app.state.settings)
+    app.state.runtime = runtime
+    # The parts by name, for the routes' dependencies, the probes and the tests.
+    app.state.node_id = runtime.node_id
+    app.state.engine = runtime.engine
+    app.state.sessionmaker = runtime.sessionmaker
+    app.state.manager = runtime.manager
+    app.state.bridge = runtime.bridge
+    app.state.agents = runtime.agents
+    app.state.metrics = runtime.metrics
     try:
-        await data.start()
+        await runtime.start()
         app.state.started = True  # /readyz: start-up finished
         yield
     finally:
         app.state.started = False
-        # Clients first (they may still be flushing), then the background machinery.
-        if not manager.draining:
-            await manager.drain()
-        await data.stop()
-        await manager.stop()
-        await engine.dispose()
+        await runtime.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -25,6 +25,7 @@ from app.db.models import AgentStatus, SessionStatus, TaskStatus
 from app.realtime.channels import ID_PATTERN
 
 MAX_JSON_DEPTH = 32
+MAX_TTL_SECONDS = 30 * 24 * 3600  # a message's longest time to live
 # The grammar of app.realtime.channels, for the OpenAPI document; the route still checks with
 # parse_channel / check_event and answers their codes.
 CHANNEL_PATTERN = f"^(global|metrics|(agents|sessions|topics)/{ID_PATTERN})$"
@@ -150,7 +151,11 @@ class SessionOut(BaseModel):
 
 
 class AgentCreate(Input):
-    id: Id = Field(description="The agent's id, as it connects: `?agent_id=…`.")
+    id: Id | None = Field(
+        None,
+        description="The agent's id, as it connects: `?agent_id=…`. With an agent's token it "
+        "is that agent (another value is 403); otherwise required.",
+    )
     name: Name | None = None
     kind: Kind | None = Field(None, description="What sort of agent: e.g. `backend-laravel`.")
     metadata: JsonObject | None = None
@@ -289,7 +294,11 @@ class SubtaskOut(BaseModel):
 
 class MessageCreate(Input):
     id: Id | None = Field(None, description="Chosen by the client, or generated (`msg_…`).")
-    from_agent: Id
+    from_agent: Id | None = Field(
+        None,
+        description="The sender. With an agent's token it is that agent (another value is "
+        "403); otherwise required.",
+    )
     to_agent: Id
     content: LongText
     data: JsonValue = None
@@ -298,7 +307,7 @@ class MessageCreate(Input):
         None,
         strict=True,
         ge=1,
-        le=30 * 24 * 3600,
+        le=MAX_TTL_SECONDS,
         description="Expire (message.expired) after this long.",
     )
 
@@ -331,7 +340,11 @@ class MessageOut(BaseModel):
 
 class ActionCreate(Input):
     id: Id | None = Field(None, description="Chosen by the client, or generated (`act_…`).")
-    agent_id: Id
+    agent_id: Id | None = Field(
+        None,
+        description="Who acted. With an agent's token it is that agent (another value is "
+        "403); otherwise required.",
+    )
     session_id: Id | None = None
     kind: Kind = Field(description="What the agent did: `tool_call`, `file_edit`, …")
     detail: JsonValue = None

@@ -1,8 +1,9 @@
 """Who is calling the REST API: the `IdentityDep` every /api route depends on.
 
 Open mode: every caller acts as the server (the admin role), as the seed's API did. Token mode:
-`Authorization: Bearer <token>` is required (401 without or with a bad one); the dashboard role
-is read-only (403 on writes). Channel rules for `POST /api/events` are in permissions.py.
+`Authorization: Bearer <token>` is required (401 without or with a bad one). What an identity
+may then do — the dashboard role reads only, an agent acts only as itself — is decided by the
+domain layer (app/domain/access.py), the same for every front door.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from app.api.errors import ApiError
 from app.core.security import Identity, Role, TokenError, bearer_token
 
 SERVER_IDENTITY = Identity(agent_id=None, session_id=None, role=Role.ADMIN)
-_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -33,8 +33,6 @@ async def require_identity(request: Request) -> Identity:
         except TokenError as exc:
             code = "TOKEN_EXPIRED" if exc.expired else "INVALID_TOKEN"
             raise ApiError(401, code, str(exc), _CHALLENGE) from None
-        if identity.role is Role.DASHBOARD and request.method not in _READ_METHODS:
-            raise ApiError(403, "FORBIDDEN", "The dashboard role is read-only")
     request.state.identity = identity
     return identity
 

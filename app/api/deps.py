@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.auth import IdentityDep
 from app.core.config import Settings
-from app.crud import Order
+from app.domain.context import Context
+from app.domain.pagination import Order
 from app.realtime.channels import ID_PATTERN
 from app.realtime.manager import ConnectionManager
 
 if TYPE_CHECKING:
-    from app.bridge import Bridge
-    from app.db.agents import AgentRecorder
     from app.metrics import MetricsTask
 
 
@@ -35,26 +35,23 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_bridge(request: Request) -> Bridge:
-    bridge: Bridge = request.app.state.bridge
-    return bridge
-
-
-def get_agents(request: Request) -> AgentRecorder:
-    agents: AgentRecorder = request.app.state.agents
-    return agents
-
-
 def get_metrics(request: Request) -> MetricsTask:
     metrics: MetricsTask = request.app.state.metrics
     return metrics
 
 
 DbDep = Annotated[AsyncSession, Depends(get_db)]
+
+
+async def get_context(request: Request, db: DbDep, identity: IdentityDep) -> Context:
+    """The domain call's context: this request's session and caller."""
+    context: Context = request.app.state.runtime.context(db, identity)
+    return context
+
+
+ContextDep = Annotated[Context, Depends(get_context)]
 ManagerDep = Annotated[ConnectionManager, Depends(get_manager)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-BridgeDep = Annotated["Bridge", Depends(get_bridge)]
-AgentsDep = Annotated["AgentRecorder", Depends(get_agents)]
 MetricsDep = Annotated["MetricsTask", Depends(get_metrics)]
 
 # Path ids follow the channel id grammar: anything else cannot exist, and is a 422.

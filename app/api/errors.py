@@ -10,6 +10,10 @@
     422 INVALID_CURSOR            a `cursor` this API did not hand out
     413 PAYLOAD_TOO_LARGE         a body above MAX_REQUEST_BYTES
     422 INVALID_CHANNEL / INVALID_EVENT   POST /api/events (the WebSocket protocol's codes)
+    422 MISSING_FIELD             a writer's id left out where no token names it
+
+The domain layer raises `DomainError`s (app/domain/errors.py); `install_error_handlers` maps
+each class to its status here, so a rule's error reads the same over every front door.
 
 FastAPI's own 422 (request validation) keeps its standard `detail` list, and every 422 of
 ours has that same shape (a list of {loc, msg, type}) plus `code`, so one schema describes all
@@ -23,6 +27,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from app.domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.schemas import ErrorBody, PlainError
 
 
@@ -45,10 +50,6 @@ class ApiError(Exception):
         self.loc = loc
 
 
-def not_found(kind: str, ident: str) -> ApiError:
-    return ApiError(404, "NOT_FOUND", f"{kind} {ident} not found")
-
-
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     if exc.status == 422:
@@ -64,15 +65,39 @@ def invalid(loc: tuple[str, ...], message: str, code: str) -> JSONResponse:
     return JSONResponse({"detail": detail, "code": code}, status_code=422)
 
 
+_DOMAIN_STATUS: tuple[tuple[type[DomainError], int], ...] = (
+    (NotFound, 404),
+    (Forbidden, 403),
+    (Conflict, 409),
+    (Invalid, 422),
+)
+
+
+def domain_status(exc: DomainError) -> int:
+    for kind, status in _DOMAIN_STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+async def _handle_domain(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    if isinstance(exc, Invalid):
+        return invalid(exc.loc, exc.message, exc.code)
+    return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=domain_status(exc))
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer ApiError with its status and body."""
+    """Answer ApiError and the domain's errors with their status and body."""
     app.add_exception_handler(ApiError, _handle)
+    app.add_exception_handler(DomainError, _handle_domain)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for the error statuses a route can return."""
     described = {
         400: "The body is not JSON.",
+        403: "The caller may not do this (docs/security.md: the ownership table).",
         404: "Unknown id.",
         409: "The change conflicts with the current state.",
     }

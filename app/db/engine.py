@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import ORMExecuteState, Session
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -36,8 +38,51 @@ def create_engine(database_url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+def asyncpg_dsn(database_url: str) -> str:
+    """The SQLAlchemy URL (any PostgreSQL driver) as a plain libpq DSN for asyncpg.connect."""
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Sessions on `engine`, of a class of their own (so `on_commit` hooks stay per factory)."""
+
+    class FactorySession(Session):
+        pass
+
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=FactorySession)
+
+
+_WROTE = "context_manager.wrote"
+
+
+def on_commit(sessionmaker: async_sessionmaker[AsyncSession], hook: Callable[[], None]) -> None:
+    """Call `hook` after each commit of this factory's sessions that wrote something.
+
+    How the bridge hears of a change made through the ORM at once (on SQLite the only way;
+    on PostgreSQL the trigger's NOTIFY does too), whichever front door made it. It runs after
+    the database has committed, so the rows are visible to whoever the hook wakes.
+    """
+    session_class: type[Session] = sessionmaker.kw["sync_session_class"]
+
+    def wrote(session: Session, *_: Any) -> None:
+        session.info[_WROTE] = True
+
+    def orm_execute(state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            state.session.info[_WROTE] = True
+
+    def after_commit(session: Session) -> None:
+        if session.info.pop(_WROTE, False):
+            hook()
+
+    def after_rollback(session: Session, *_: Any) -> None:
+        session.info.pop(_WROTE, None)
+
+    event.listen(session_class, "after_flush", wrote)
+    event.listen(session_class, "do_orm_execute", orm_execute)
+    event.listen(session_class, "after_commit", after_commit)
+    event.listen(session_class, "after_soft_rollback", after_rollback)
 
 
 async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:

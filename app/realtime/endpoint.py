@@ -2,8 +2,11 @@
 
 It speaks raw ASGI rather than through a framework's WebSocket wrapper so that the
 connection's sink can reach uvicorn's transport (see connection.py) and nothing wraps `send`.
-Messages from one connection are handled in order, one at a time; a failure in one message is
-answered with an error frame and never ends the connection.
+A connection goes through three steps: `_admit` (draining, origin and connection limits, the
+accept), `_authenticate` (the token, or the open-mode query claim; `adopt` is the one way an
+identity is taken on, here and on `auth`), and `_serve` (the read loop). Messages from one
+connection are handled in order, one at a time; a failure in one message is answered with an
+error frame and never ends the connection.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from app.core.security import Role, TokenError, bearer_token
+from app.core.security import Identity, Role, TokenError, bearer_token
 from app.realtime.channels import ChannelKind, check_event, is_valid_id, parse_channel
 from app.realtime.connection import Connection
 from app.realtime.frames import Frame
@@ -51,7 +54,7 @@ _BEFORE_AUTH = frozenset({MessageType.AUTH, MessageType.PING})
 # Most publications a `history` request returns at once (page on with `since`).
 HISTORY_LIMIT = 1000
 
-Handler = Callable[["Session", dict[str, Any], RequestId | None], Awaitable[None]]
+Handler = Callable[["Conversation", dict[str, Any], RequestId | None], Awaitable[None]]
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -76,8 +79,8 @@ def _query_identity(query: dict[str, list[str]]) -> tuple[dict[str, str], list[s
     return identity, invalid
 
 
-class Session:
-    """One connection's conversation with the server."""
+class Conversation:
+    """One connection's conversation with the server: its messages in, its replies out."""
 
     __slots__ = ("manager", "connection", "_max_message")
 
@@ -215,28 +218,28 @@ class Session:
     async def _publish(self, message: dict[str, Any], rid: RequestId | None) -> None:
         channel = parse_channel(require_str(message, "channel"))
         event = check_event(require_str(message, "event"))
-        self.manager.permissions.check_publish(self.connection, channel, event)
-        bucket = self.connection.publish_bucket
+        connection = self.connection
+        direct = event == "message.new" and channel.kind is ChannelKind.AGENT
+        if not direct:
+            self.manager.permissions.check_publish(connection, channel, event)
+        bucket = connection.publish_bucket
         if bucket is None:
             settings = self.manager.settings
-            bucket = self.connection.publish_bucket = TokenBucket(
+            bucket = connection.publish_bucket = TokenBucket(
                 settings.publish_rate, settings.publish_burst
             )
         if not bucket.take():
             raise ProtocolError(ErrorCode.RATE_LIMITED, "Too many publishes, slow down")
-        store = getattr(self.manager, "message_store", None)
-        if store is not None and event == "message.new" and channel.kind is ChannelKind.AGENT:
-            # Stored first (the recipient can read it over REST); the outbox → bridge path
-            # then delivers it, once. Publishing here as well would deliver it twice.
-            connection = self.connection
-            message_id = await store(
-                connection.agent_id or connection.client_id,
-                channel.id,
-                connection.session_id,
-                message.get("data"),
-            )
-            self.ack(rid, {"channel": channel.name, "message_id": message_id})
-            return
+        if direct:
+            # A direct message (anyone may write to an agent's channel) is a message: stored
+            # first, so the recipient can read it over REST; the outbox → bridge path then
+            # delivers it, once. Publishing here as well would deliver it twice.
+            assert channel.id is not None
+            data = message.get("data")
+            message_id = await self.manager.hooks.store_direct_message(connection, channel.id, data)
+            if message_id is not None:
+                self.ack(rid, {"channel": channel.name, "message_id": message_id})
+                return
         publication = await self.manager.publish(
             channel.name, event, message.get("data"), encodable=True
         )
@@ -253,17 +256,14 @@ class Session:
                 identity = manager.tokens.verify(token)
             except TokenError as exc:
                 self.error(ErrorCode.UNAUTHORIZED, str(exc), rid)
-                code = CloseCode.TOKEN_EXPIRED if exc.expired else CloseCode.INVALID_TOKEN
-                await connection.close(code, str(exc), manager.settings.shutdown_timeout)
+                await connection.close(
+                    _token_close_code(exc), str(exc), manager.settings.shutdown_timeout
+                )
                 return
             if connection.authenticated and identity.agent_id != connection.agent_id:
                 raise ProtocolError(
                     ErrorCode.FORBIDDEN, "A token for another agent cannot be used here"
                 )
-            connection.role = identity.role
-            connection.expires_at = identity.expires_at
-            connection.authenticated = True
-            await manager.set_identity(connection, identity.agent_id, identity.session_id)
         else:
             agent_id = optional_str(message, "agent_id")
             session_id = optional_str(message, "session_id")
@@ -272,9 +272,8 @@ class Session:
                     raise ProtocolError(
                         ErrorCode.INVALID_MESSAGE, f"Field '{field}' is not a valid id"
                     )
-            await manager.set_identity(connection, agent_id, session_id)
-            if connection.agent_id is not None:
-                connection.role = Role.AGENT
+            identity = _claimed(connection, agent_id, session_id)
+        await adopt(manager, connection, identity)
         self.ack(
             rid,
             {
@@ -290,35 +289,55 @@ class Session:
         await self.manager.heartbeat(self.connection)
 
 
-Session._handlers.update(
+Conversation._handlers.update(
     {
-        MessageType.SUBSCRIBE: Session._subscribe,
-        MessageType.UNSUBSCRIBE: Session._unsubscribe,
-        MessageType.PUBLISH: Session._publish,
-        MessageType.AUTH: Session._auth,
-        MessageType.PING: Session._ping,
-        MessageType.HISTORY: Session._history,
-        MessageType.PRESENCE: Session._presence,
-        MessageType.PRESENCE_STATS: Session._presence_stats,
+        MessageType.SUBSCRIBE: Conversation._subscribe,
+        MessageType.UNSUBSCRIBE: Conversation._unsubscribe,
+        MessageType.PUBLISH: Conversation._publish,
+        MessageType.AUTH: Conversation._auth,
+        MessageType.PING: Conversation._ping,
+        MessageType.HISTORY: Conversation._history,
+        MessageType.PRESENCE: Conversation._presence,
+        MessageType.PRESENCE_STATS: Conversation._presence_stats,
     }
 )
 
 
-async def websocket_endpoint(
-    manager: ConnectionManager, scope: dict[str, Any], receive: Receive, send: Send
-) -> None:
-    """Serve one WebSocket connection from handshake to close."""
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
+def _token_close_code(exc: TokenError) -> CloseCode:
+    return CloseCode.TOKEN_EXPIRED if exc.expired else CloseCode.INVALID_TOKEN
+
+
+def _claimed(connection: Connection, agent_id: str | None, session_id: str | None) -> Identity:
+    """Open mode: who a connection says it is (an agent when it names one, else an observer)."""
+    agent_id = agent_id or connection.agent_id
+    return Identity(
+        agent_id=agent_id,
+        session_id=session_id,
+        role=Role.AGENT if agent_id else Role.DASHBOARD,
+        expires_at=None,
+    )
+
+
+async def adopt(manager: ConnectionManager, connection: Connection, identity: Identity) -> None:
+    """Take on an identity (a verified token's, or what an open-mode client claims): its role,
+    expiry, agent and session, with presence kept right. The one way a connection's identity
+    is set, on connect and on `auth`."""
+    connection.role = identity.role
+    if manager.tokens is not None:
+        connection.expires_at = identity.expires_at
+        connection.authenticated = True
+    await manager.set_identity(connection, identity.agent_id, identity.session_id)
+
+
+async def _admit(
+    manager: ConnectionManager, scope: dict[str, Any], send: Send
+) -> Connection | None:
+    """Accept the handshake and make the connection, or refuse it (None)."""
     if manager.draining:
         # Before accept, a close becomes an HTTP 403; the client retries elsewhere.
         manager.stats.connections_rejected["draining"] += 1
         await send({"type": "websocket.close", "code": CloseCode.SERVICE_RESTART})
-        return
-
-    settings = manager.settings
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        return None
     client = scope.get("client") or ("unknown", 0)
     remote = str(client[0])
     refusal = manager.admission(remote, _header(scope, b"origin"))
@@ -328,48 +347,73 @@ async def websocket_endpoint(
         code, reason = refusal
         manager.stats.connections_rejected[reason] += 1
         await send({"type": "websocket.close", "code": code, "reason": reason})
-        return
+        return None
+    settings = manager.settings
+    connection = Connection(new_client_id(), agent_id=None, session_id=None, remote=remote)
+    connection.authenticated = settings.auth_mode != "token"
+    connection.attach(send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
+    return connection
 
-    notices: list[str] = []
-    if settings.auth_mode == "token":
+
+def _authenticate(
+    manager: ConnectionManager, scope: dict[str, Any]
+) -> tuple[Identity | None, list[str]]:
+    """Who the handshake says the client is: a token's identity (token mode; None without a
+    token: it may still send `auth`), or the query's claim (open mode) and the names of
+    invalid query parameters. Raises TokenError for a bad token."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    tokens = manager.tokens
+    if tokens is not None:
         token = (query.get("token") or [None])[-1] or bearer_token(_header(scope, b"authorization"))
-        connection = Connection(new_client_id(), agent_id=None, session_id=None, remote=remote)
-        connection.authenticated = False
-        if token is not None:
-            try:
-                identity_ = manager.tokens.verify(token) if manager.tokens else None
-            except TokenError as exc:
-                code = CloseCode.TOKEN_EXPIRED if exc.expired else CloseCode.INVALID_TOKEN
-                manager.stats.connections_rejected[str(exc)] += 1
-                await send({"type": "websocket.close", "code": code, "reason": str(exc)})
-                return
-            if identity_ is not None:
-                connection.agent_id = identity_.agent_id
-                connection.session_id = identity_.session_id
-                connection.role = identity_.role
-                connection.expires_at = identity_.expires_at
-                connection.authenticated = True
-    else:
-        identity, notices = _query_identity(query)
-        connection = Connection(
-            new_client_id(),
-            agent_id=identity.get("agent_id"),
-            session_id=identity.get("session_id"),
-            remote=remote,
-        )
+        return (None if token is None else tokens.verify(token)), []
+    claimed, notices = _query_identity(query)
+    if not claimed:
+        return None, notices
+    identity = Identity(
+        agent_id=claimed.get("agent_id"),
+        session_id=claimed.get("session_id"),
+        role=Role.AGENT if "agent_id" in claimed else Role.DASHBOARD,
+        expires_at=None,
+    )
+    return identity, notices
+
+
+async def websocket_endpoint(
+    manager: ConnectionManager, scope: dict[str, Any], receive: Receive, send: Send
+) -> None:
+    """Serve one WebSocket connection from handshake to close: admit, authenticate, serve."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    connection = await _admit(manager, scope, send)
+    if connection is None:
+        return
+    try:
+        identity, notices = _authenticate(manager, scope)
+    except TokenError as exc:
+        manager.stats.connections_rejected[str(exc)] += 1
+        await connection.close(_token_close_code(exc), str(exc), manager.settings.shutdown_timeout)
+        await _stop_sink(connection)
+        return
     # Headers were read (Origin, Authorization) before accept; the scope lives as long as the
     # connection, so let them go.
     scope["headers"] = []
-    connection.attach(send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
-    session = Session(manager, connection)
-    session.reply(connected_frame(connection.client_id), "connected")
+    conversation = Conversation(manager, connection)
+    conversation.reply(connected_frame(connection.client_id), "connected")
     for name in notices:
-        session.error(
+        conversation.error(
             ErrorCode.INVALID_MESSAGE, f"Query parameter '{name}' is not a valid id; ignored"
         )
-
-    close_code: int | None = None
     await manager.connect(connection)
+    if identity is not None:
+        await adopt(manager, connection, identity)
+    await _serve(conversation, receive)
+
+
+async def _serve(conversation: Conversation, receive: Receive) -> None:
+    """The read loop: one client message at a time, until the client goes."""
+    manager = conversation.manager
+    connection = conversation.connection
     logger.info(
         "connection open",
         extra={
@@ -378,6 +422,7 @@ async def websocket_endpoint(
             "remote": connection.remote,
         },
     )
+    close_code: int | None = None
     try:
         while True:
             message = await receive()
@@ -390,18 +435,17 @@ async def websocket_endpoint(
                     try:
                         text = raw.decode()
                     except UnicodeDecodeError:
-                        session.error(ErrorCode.INVALID_JSON, "Binary message is not UTF-8 JSON")
+                        conversation.error(
+                            ErrorCode.INVALID_JSON, "Binary message is not UTF-8 JSON"
+                        )
                         continue
-                await session.handle(text)
+                await conversation.handle(text)
             elif kind == "websocket.disconnect":
                 close_code = message.get("code")
                 break
     finally:
         await manager.disconnect(connection, close_code)
-        sink = connection.sink
-        stop = getattr(sink, "stop", None)
-        if stop is not None:
-            await stop()
+        await _stop_sink(connection)
         logger.info(
             "connection closed",
             extra={
@@ -412,3 +456,10 @@ async def websocket_endpoint(
                 else close_code,
             },
         )
+
+
+async def _stop_sink(connection: Connection) -> None:
+    sink = connection.sink
+    stop = getattr(sink, "stop", None)
+    if stop is not None:
+        await stop()

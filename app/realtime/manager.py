@@ -3,6 +3,10 @@
 It owns the hub (fan-out), agent presence, the idle sweeper, the counters behind /health and
 /stats, and the drain on shutdown. The REST API, the bridge and the metrics task publish through
 `ConnectionManager.publish`, the same path a client's `publish` takes.
+
+What it needs from storage it gets at construction, as `StorageHooks` (app/runtime.py gives
+the real ones): storing a WebSocket direct message, and hearing of presence changes. It also
+is the domain layer's `Realtime` port (domain/context.py): publish, heartbeats, live agents.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from app.core.config import Settings
 from app.core.security import TokenCodec
@@ -24,7 +28,7 @@ from app.realtime.broker.base import Broker
 from app.realtime.channels import agent_channel
 from app.realtime.cluster import Cluster
 from app.realtime.connection import Connection
-from app.realtime.history import StreamPosition
+from app.realtime.history import HistoryPage, StreamPosition
 from app.realtime.hub import Hub, Subscribed
 from app.realtime.permissions import Permissions
 from app.realtime.presence import AgentPresence, ClientInfo, MemoryPresenceStore, PresenceStore
@@ -34,10 +38,32 @@ from app.realtime.stats import Stats
 
 logger = logging.getLogger("context_manager.connections")
 
-# Called with (event, agent_id, data) after agent.connected / agent.disconnected /
-# agent.heartbeat is published: how the database learns who is online without the
-# realtime core knowing about tables.
-PresenceListener = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+class StorageHooks(Protocol):
+    """What the realtime core asks of storage, without knowing about tables."""
+
+    async def store_direct_message(
+        self, connection: Connection, to_agent: str, data: Any
+    ) -> str | None:
+        """Store a WebSocket `message.new` to `agents/{to_agent}` (delivered by the bridge);
+        its message id, or None when nothing stores messages (then it is published)."""
+
+    async def presence_changed(self, event: str, agent_id: str, data: dict[str, Any]) -> None:
+        """agent.connected / agent.disconnected / agent.heartbeat was published. Must not
+        wait on I/O: it runs on a connection's path."""
+
+
+class NoStorage:
+    """The hooks of a realtime core with no database: nothing is stored."""
+
+    async def store_direct_message(
+        self, connection: Connection, to_agent: str, data: Any
+    ) -> str | None:
+        return None
+
+    async def presence_changed(self, event: str, agent_id: str, data: dict[str, Any]) -> None:
+        return None
+
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -63,6 +89,7 @@ class ConnectionManager:
         node_id: str,
         presence_store: PresenceStore | None = None,
         cluster: Cluster | None = None,
+        hooks: StorageHooks | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = node_id
@@ -76,7 +103,7 @@ class ConnectionManager:
         self.cluster = cluster
         self.presence_store = presence_store or cluster or MemoryPresenceStore()
         self.connections: dict[str, Connection] = {}
-        self.presence_listeners: list[PresenceListener] = []
+        self.hooks: StorageHooks = hooks or NoStorage()
         self.tokens = TokenCodec(settings) if settings.auth_mode == "token" else None
         self._per_address: collections.Counter[str] = collections.Counter()
         self.draining = False
@@ -243,6 +270,29 @@ class ConnectionManager:
         if agent_id is not None and self.presence.heartbeat_due(agent_id):
             await self._publish_agent_event("agent.heartbeat", agent_id, connection, {})
 
+    async def agent_heartbeat(self, agent_id: str, session_id: str | None) -> None:
+        """A heartbeat from outside a connection (REST, MCP): the same throttle and events."""
+        if self.presence.heartbeat_due(agent_id):
+            data = {"agent_id": agent_id, "session_id": session_id, "node_id": self.node_id}
+            await self.announce_agent_event("agent.heartbeat", agent_id, data)
+
+    async def live_connections(self) -> dict[str, int]:
+        """Agent id → open connections: cluster-wide (nodes holding one) when clustered."""
+        if self.cluster is not None:
+            online = await self.cluster.online_agents()
+            return {agent: len(nodes) for agent, nodes in online.items()}
+        return self.presence.online()
+
+    async def channel_history(
+        self, channel: str, since: StreamPosition | None, limit: int
+    ) -> HistoryPage:
+        """A channel's retained publications after `since`, oldest first."""
+        return await self.broker.history(channel, since, limit)
+
+    async def channel_presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Client id → who is subscribed to `channel`, cluster-wide."""
+        return await self.presence_store.members(channel)
+
     async def _publish_agent_event(
         self, event: str, agent_id: str, connection: Connection, extra: dict[str, Any]
     ) -> None:
@@ -262,11 +312,10 @@ class ConnectionManager:
                 await self.publish(channel, event, data)
             except Exception:  # noqa: BLE001 - presence must not break a connection
                 logger.exception("could not publish %s for %s", event, agent_id)
-        for listener in self.presence_listeners:
-            try:
-                await listener(event, agent_id, data)
-            except Exception:  # noqa: BLE001 - a listener's failure must not break a connection
-                logger.exception("presence listener failed on %s for %s", event, agent_id)
+        try:
+            await self.hooks.presence_changed(event, agent_id, data)
+        except Exception:  # noqa: BLE001 - storage's failure must not break a connection
+            logger.exception("presence hook failed on %s for %s", event, agent_id)
 
     # --- subscriptions --------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
-from app.realtime.broker.postgres import asyncpg_dsn
+from app.db.engine import asyncpg_dsn
 from app.realtime.presence import ClientInfo
 
 PRESENCE_LOCK = 0x636D7072  # "cmpr", combined with the namespace's hash

@@ -7,18 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from app.api.auth import IdentityDep
-from app.api.deps import ManagerDep
-from app.api.errors import ApiError
-from app.realtime.channels import Channel, parse_channel
+from app.api.deps import ContextDep
+from app.domain import channels
+from app.domain.channels import HISTORY_LIMIT
+from app.domain.errors import Invalid
 from app.realtime.history import StreamPosition
-from app.realtime.permissions import may_subscribe
-from app.realtime.presence import presence_stats
-from app.realtime.protocol import ProtocolError
 
 router = APIRouter(prefix="/api/channels", tags=["channels"])
-
-HISTORY_LIMIT = 1000
 
 
 class PublicationOut(BaseModel):
@@ -76,16 +71,6 @@ class PresenceOut(BaseModel):
     presence: dict[str, PresenceMember]
 
 
-def _readable(channel_name: str, identity: Any) -> Channel:
-    try:
-        channel = parse_channel(channel_name)
-    except ProtocolError as exc:
-        raise ApiError(422, exc.code.value, exc.message) from None
-    if not may_subscribe(identity, channel):
-        raise ApiError(403, "FORBIDDEN", f"Not allowed to read {channel.name}")
-    return channel
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "The caller may not read this channel."},
     422: {"description": "Invalid channel (INVALID_CHANNEL) or query."},
@@ -95,20 +80,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get("/{channel:path}/history", response_model=HistoryOut, responses=_ERRORS)
 async def channel_history(
     channel: str,
-    manager: ManagerDep,
-    identity: IdentityDep,
+    ctx: ContextDep,
     since_offset: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
     since_epoch: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT)] = HISTORY_LIMIT,
 ) -> Any:
     """Retained publications of a channel, oldest first; page on with `since_offset`."""
-    readable = _readable(channel, identity)
     since = None
     if since_offset is not None or since_epoch is not None:
         if since_offset is None or since_epoch is None:
-            raise ApiError(422, "INVALID_MESSAGE", "since_offset and since_epoch go together")
+            raise Invalid("since_offset and since_epoch go together", "INVALID_MESSAGE", ("query",))
         since = StreamPosition(since_offset, since_epoch)
-    page = await manager.broker.history(readable.name, since, limit)
+    readable, page = await channels.read_history(ctx, channel, since, limit)
     return {
         "channel": readable.name,
         **page.position.as_dict(),
@@ -128,12 +111,6 @@ async def channel_history(
 
 
 @router.get("/{channel:path}/presence", response_model=PresenceOut, responses=_ERRORS)
-async def channel_presence(channel: str, manager: ManagerDep, identity: IdentityDep) -> Any:
+async def channel_presence(channel: str, ctx: ContextDep) -> Any:
     """Who is subscribed to a channel across the cluster, with counts."""
-    readable = _readable(channel, identity)
-    members = await manager.presence_store.members(readable.name)
-    return {
-        "channel": readable.name,
-        **presence_stats(members),
-        "presence": {client_id: info.as_dict() for client_id, info in members.items()},
-    }
+    return await channels.presence(ctx, channel)

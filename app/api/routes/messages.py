@@ -5,42 +5,26 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select, update
 
-from app import crud
-from app.api.deps import BridgeDep, Cursor, DbDep, Limit, OrderQuery, PathId
-from app.api.errors import ApiError, not_found, responses
-from app.db.models import Message
-from app.db.types import utcnow
+from app.api.deps import ContextDep, Cursor, Limit, OrderQuery, PathId
+from app.api.errors import responses
+from app.domain import messages
+from app.domain.pagination import Order
 from app.schemas import Id, MessageCreate, MessageOut, Page
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
 
-def message_out(row: Message) -> MessageOut:
-    return MessageOut.model_validate(row, from_attributes=True)
-
-
-@router.post("", status_code=201, response_model=MessageOut, responses=responses(400, 409))
-async def send_message(body: MessageCreate, db: DbDep, bridge: BridgeDep) -> MessageOut:
-    """Store a message for `to_agent`; emits message.new to `agents/{to_agent}`."""
-    row = await crud.create_message(
-        db,
-        from_agent=body.from_agent,
-        to_agent=body.to_agent,
-        content=body.content,
-        data=body.data,
-        session_id=body.session_id,
-        ttl_seconds=body.ttl_seconds,
-        ident=body.id,
-        wake=bridge.wake,
-    )
-    return message_out(row)
+@router.post("", status_code=201, response_model=MessageOut, responses=responses(400, 403, 409))
+async def send_message(body: MessageCreate, ctx: ContextDep) -> MessageOut:
+    """Store a message for `to_agent`; emits message.new to `agents/{to_agent}`. An agent
+    sends as itself."""
+    return await messages.send_message(ctx, body)
 
 
 @router.get("", response_model=Page[MessageOut])
 async def list_messages(
-    db: DbDep,
+    ctx: ContextDep,
     to_agent: Annotated[Id | None, Query()] = None,
     from_agent: Annotated[Id | None, Query()] = None,
     session_id: Annotated[Id | None, Query()] = None,
@@ -49,45 +33,32 @@ async def list_messages(
     ] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
-    order: OrderQuery = crud.Order.ASC,
+    order: OrderQuery = Order.ASC,
 ) -> Page[MessageOut]:
-    """Messages that have not expired, oldest first (`order=desc`: newest first)."""
-    query = select(Message).where(*crud.message_filters(to_agent, from_agent, session_id, unread))
-    rows, next_cursor = await crud.page(
-        db, query, Message.created_at, Message.id, limit, cursor, order
+    """Messages that have not expired, oldest first (`order=desc`: newest first). With an
+    agent's token, only the messages to or from that agent."""
+    return await messages.list_messages(
+        ctx,
+        to_agent=to_agent,
+        from_agent=from_agent,
+        session_id=session_id,
+        unread=unread,
+        limit=limit,
+        cursor=cursor,
+        order=order,
     )
-    return Page[MessageOut](items=[message_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{message_id}", response_model=MessageOut, responses=responses(404))
-async def get_message(message_id: PathId, db: DbDep) -> MessageOut:
+@router.get("/{message_id}", response_model=MessageOut, responses=responses(403, 404))
+async def get_message(message_id: PathId, ctx: ContextDep) -> MessageOut:
     """One message (expired ones too)."""
-    row = await db.get(Message, message_id)
-    if row is None:
-        raise not_found("Message", message_id)
-    return message_out(row)
+    return await messages.get_message(ctx, message_id)
 
 
-@router.post("/{message_id}/read", response_model=MessageOut, responses=responses(400, 404, 409))
-async def mark_read(message_id: PathId, db: DbDep, bridge: BridgeDep) -> MessageOut:
-    """Mark a message read (once: emits message.read the first time; 409 once expired)."""
-    result = await db.execute(
-        update(Message)
-        .where(
-            Message.id == message_id,
-            Message.read_at.is_(None),
-            Message.expired_at.is_(None),
-        )
-        .values(read_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(result, "rowcount", 0) == 1:
-        await crud.commit(db, bridge.wake)
-    else:
-        await db.rollback()
-    row = await db.get(Message, message_id, populate_existing=True)
-    if row is None:
-        raise not_found("Message", message_id)
-    if row.read_at is None and row.expired_at is not None:
-        raise ApiError(409, "MESSAGE_EXPIRED", f"Message {message_id} has expired")
-    return message_out(row)
+@router.post(
+    "/{message_id}/read", response_model=MessageOut, responses=responses(400, 403, 404, 409)
+)
+async def mark_read(message_id: PathId, ctx: ContextDep) -> MessageOut:
+    """Mark a message read (once: emits message.read the first time; 409 once expired). An
+    agent marks only its own inbox."""
+    return await messages.mark_read(ctx, message_id)

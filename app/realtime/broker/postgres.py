@@ -40,6 +40,7 @@ import asyncpg
 import orjson
 
 from app.core.tasks import cancel_and_wait
+from app.db.engine import asyncpg_dsn
 from app.realtime.broker.base import BrokerHandler, StoredHistory
 from app.realtime.broker.resume import DeliveryTracker, ListenLoop
 from app.realtime.history import (
@@ -152,14 +153,6 @@ SELECT (SELECT count(*) FROM expired) + (SELECT count(*) FROM orphans)
 """
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """The SQLAlchemy URL (postgresql+asyncpg://) as a DSN asyncpg accepts."""
-    for prefix in ("postgresql+asyncpg://", "postgres+asyncpg://"):
-        if database_url.startswith(prefix):
-            return "postgresql://" + database_url[len(prefix) :]
-    return database_url
 
 
 def notify_channel(namespace: str) -> str:

@@ -1,0 +1,107 @@
+"""Agents: registration (idempotent on id), listing with live presence, REST heartbeats.
+
+An agent also exists without registering: the WebSocket upserts it on connect
+(db/agents.AgentRecorder), and tasks and messages may name it before it ever appears.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from app.db.models import Agent, AgentStatus
+from app.db.types import utcnow
+from app.domain import access, pagination
+from app.domain.context import Context
+from app.domain.errors import AlreadyExists, Conflict, NotFound
+from app.domain.rows import insert
+from app.schemas import AgentCreate, AgentOut, Page
+
+
+def _out(ctx: Context, row: Agent, live: dict[str, int]) -> AgentOut:
+    connections = live.get(row.id, 0)
+    online = connections > 0 or row.status == AgentStatus.ONLINE
+    return AgentOut(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        status=AgentStatus.ONLINE if online else AgentStatus.OFFLINE,
+        online=online,
+        connections=connections,
+        last_seen=ctx.presence.last_seen(row.id, row.last_seen),
+        metadata=row.metadata_,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def register_agent(ctx: Context, body: AgentCreate) -> tuple[AgentOut, bool]:
+    """Register an agent (an agent registers itself); returns it and whether it is new.
+
+    Registered again, the fields given are updated.
+    """
+    agent_id = access.acting_agent(ctx.actor, body.id, "id")
+    db = ctx.db
+    for _ in range(3):
+        row = await db.get(Agent, agent_id, populate_existing=True)
+        if row is not None:
+            given = body.model_dump(exclude_unset=True, exclude={"id"})
+            for key, value in given.items():
+                setattr(row, "metadata_" if key == "metadata" else key, value)
+            if given:
+                row.updated_at = utcnow()
+                await db.commit()
+            return _out(ctx, row, await ctx.realtime.live_connections()), False
+        now = utcnow()
+        row = Agent(
+            id=agent_id,
+            name=body.name,
+            kind=body.kind,
+            metadata_=body.metadata,
+            status=AgentStatus.OFFLINE.value,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await insert(db, row, "Agent")
+        except AlreadyExists:
+            continue  # registered concurrently: update it instead
+        return _out(ctx, row, await ctx.realtime.live_connections()), True
+    raise Conflict(f"Agent {agent_id} is being registered concurrently")
+
+
+async def list_agents(
+    ctx: Context,
+    *,
+    status: AgentStatus | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+    order: pagination.Order = pagination.Order.ASC,
+) -> Page[AgentOut]:
+    """Agents by registration time, each with its live status."""
+    query = select(Agent)
+    if status is not None:
+        query = query.where(Agent.status == status.value)
+    rows, next_cursor = await pagination.page(
+        ctx.db, query, Agent.created_at, Agent.id, limit, cursor, order
+    )
+    live = await ctx.realtime.live_connections()
+    return Page[AgentOut](items=[_out(ctx, r, live) for r in rows], next_cursor=next_cursor)
+
+
+async def get_agent(ctx: Context, agent_id: str) -> AgentOut:
+    row = await ctx.db.get(Agent, agent_id)
+    if row is None:
+        raise NotFound("Agent", agent_id)
+    return _out(ctx, row, await ctx.realtime.live_connections())
+
+
+async def heartbeat(ctx: Context, agent_id: str) -> AgentOut:
+    """The agent is alive now: last_seen (written in the next batch) and agent.heartbeat,
+    throttled per agent as a WebSocket ping's is."""
+    access.acting_agent(ctx.actor, agent_id, "agent_id")
+    row = await ctx.db.get(Agent, agent_id)
+    if row is None:
+        raise NotFound("Agent", agent_id)
+    ctx.presence.touch(agent_id)
+    await ctx.realtime.agent_heartbeat(agent_id, ctx.actor.session_id)
+    return _out(ctx, row, await ctx.realtime.live_connections())

@@ -1,0 +1,65 @@
+"""What a domain call needs besides its arguments: the database session, who acts, and two ports.
+
+The ports are Protocols the composition root (app/runtime.py) fills with the real parts, so
+the domain knows no framework and no concrete realtime class:
+
+- `Realtime`: publishing, agent heartbeats and live connection counts (the ConnectionManager);
+- `Presence`: agents' last_seen as the batched recorder holds it (db/agents.AgentRecorder).
+
+A front door builds one `Context` per request, tool call or WebSocket message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.realtime.history import HistoryPage, StreamPosition
+from app.realtime.permissions import Principal
+from app.realtime.presence import ClientInfo
+from app.realtime.publication import Publication
+
+
+class Realtime(Protocol):
+    """The realtime core as the domain uses it."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    async def publish(self, channel: str, event: str, data: Any) -> Publication:
+        """Publish on a (valid) channel through the broker."""
+
+    async def agent_heartbeat(self, agent_id: str, session_id: str | None) -> None:
+        """agent.heartbeat for `agent_id`, throttled per agent like a WebSocket ping's."""
+
+    async def live_connections(self) -> dict[str, int]:
+        """Agent id → open WebSocket connections (cluster-wide when clustered)."""
+
+    async def channel_history(
+        self, channel: str, since: StreamPosition | None, limit: int
+    ) -> HistoryPage:
+        """A channel's retained publications after `since`."""
+
+    async def channel_presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Client id → who is subscribed to `channel`, cluster-wide."""
+
+
+class Presence(Protocol):
+    """Agents' last_seen, including what is waiting to be written."""
+
+    def touch(self, agent_id: str) -> datetime:
+        """Seen now (written with the next batch); returns the time recorded."""
+
+    def last_seen(self, agent_id: str, stored: datetime | None) -> datetime | None:
+        """The newer of the stored value and a pending one."""
+
+
+@dataclass(slots=True)
+class Context:
+    db: AsyncSession
+    actor: Principal
+    realtime: Realtime
+    presence: Presence

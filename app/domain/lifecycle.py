@@ -1,0 +1,112 @@
+"""The lifecycle tasks and subtasks share: allowed status changes, their timestamps, PATCH.
+
+Status changes are compare-and-set updates (``… WHERE id = :id AND status = :seen``), so two
+concurrent changes cannot both move a row out of the same state, on either database, without
+holding a transaction open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import FINISHED, TaskStatus
+from app.db.types import utcnow
+from app.domain.errors import Conflict, IllegalTransition, NotFound
+
+M = TypeVar("M")
+
+# Allowed status changes of a task or subtask. Staying in the same state is not a change.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset(
+        {TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.IN_PROGRESS: frozenset(
+        {TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+# Columns that cannot be NULL: `null` in a PATCH means "leave as is" for them.
+NOT_NULLABLE = frozenset({"status", "title", "priority"})
+
+# Who may change a row, given it as it is now (raises Forbidden): ownership, from access.py.
+Guard = Callable[[Any], Awaitable[None]]
+
+
+def patch_changes(given: dict[str, Any]) -> dict[str, Any]:
+    """A PATCH body (fields the client set) as column values."""
+    changes = {k: v for k, v in given.items() if not (v is None and k in NOT_NULLABLE)}
+    if changes.get("status") is not None:
+        changes["status"] = TaskStatus(changes["status"]).value
+    return changes
+
+
+def check_transition(kind: str, ident: str, current: str, wanted: str | None) -> None:
+    """IllegalTransition unless `current` → `wanted` is allowed (or no change)."""
+    if wanted is None or wanted == current:
+        return
+    if TaskStatus(wanted) not in TRANSITIONS[TaskStatus(current)]:
+        hint = " (finished: it does not change any more)" if current in FINISHED else ""
+        raise IllegalTransition(f"{kind} {ident} cannot go from {current} to {wanted}{hint}")
+
+
+def lifecycle_values(current: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` plus the timestamps a status change implies."""
+    values = dict(changes)
+    now = utcnow()
+    wanted = values.get("status")
+    if wanted is not None and wanted != current:
+        if wanted == TaskStatus.IN_PROGRESS:
+            values["started_at"] = now
+        elif wanted in FINISHED:
+            values["completed_at"] = now
+    values["updated_at"] = now
+    return values
+
+
+async def update_lifecycle(
+    db: AsyncSession,
+    model: type[M],
+    kind: str,
+    ident: str,
+    changes: dict[str, Any],
+    guard: Guard | None = None,
+) -> M:
+    """Apply a PATCH to a task or subtask: guarded, validated, compare-and-set, retried."""
+    table: Any = model
+    for _ in range(5):
+        row: Any = await db.get(model, ident, populate_existing=True)
+        if row is None:
+            raise NotFound(kind, ident)
+        if guard is not None:
+            await guard(row)
+        current = row.status
+        check_transition(kind, ident, current, changes.get("status"))
+        effective = {k: v for k, v in changes.items() if getattr(row, k) != v}
+        if not effective:
+            unchanged: M = row
+            return unchanged  # nothing changes: no write, no event
+        if current in FINISHED:
+            raise Conflict(f"{kind} {ident} is {current}: it does not change any more", "FINISHED")
+        values = lifecycle_values(current, effective)
+        if "started_at" in values and row.started_at is not None:
+            values.pop("started_at")  # keep the first start
+        result: Any = await db.execute(
+            update(table)
+            .where(table.id == ident, table.status == current)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            await db.commit()
+            fresh: M | None = await db.get(model, ident, populate_existing=True)
+            assert fresh is not None
+            return fresh
+        await db.rollback()  # someone changed the status meanwhile: look again
+    raise Conflict(f"{kind} {ident} is changing too fast; retry")
