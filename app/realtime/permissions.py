@@ -7,7 +7,7 @@
 | sessions/{id}      | agents of session {id}, dashboard, admin   | same as subscribe            |
 | topics/{name}      | anyone authenticated                       | anyone authenticated         |
 
-System events (task.*, subtask.*, agent.*, metric.*, message.read, message.expired) are the
+System events (task.*, subtask.*, agent.*, metric.*, message.*) are the
 server's: no WebSocket client may publish them anywhere. Over REST (`POST /api/events`, the
 server publish API) an admin may. In open mode a connection's identity is what it claims
 (agent role with an agent_id, dashboard role without), and REST callers act as the server.
@@ -23,7 +23,7 @@ from app.realtime.connection import Connection
 from app.realtime.protocol import ErrorCode, ProtocolError
 
 SYSTEM_EVENT_PREFIXES = ("task.", "subtask.", "agent.", "metric.")
-SYSTEM_EVENTS = frozenset({"message.read", "message.expired"})
+SYSTEM_EVENTS = frozenset({"message.new", "message.read", "message.expired"})
 _PRIVILEGED = (Role.DASHBOARD, Role.ADMIN)
 
 
