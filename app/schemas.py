@@ -86,6 +86,15 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_valid_json)]
 Priority = Annotated[int, Field(strict=True, ge=-1_000_000, le=1_000_000)]
 Timestamp = Annotated[datetime, PlainSerializer(iso_ms, return_type=str, when_used="json")]
 
+# Claims (app/domain/claims.py).
+Capability = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$", max_length=64)]
+Capabilities = Annotated[list[Capability], Field(max_length=50)]
+DependsOn = Annotated[list[Id], Field(max_length=100)]
+MaxAttempts = Annotated[int, Field(strict=True, ge=1, le=100)]
+LeaseId = Annotated[str, StringConstraints(pattern=r"^lease_[0-9a-f]{32}$")]
+LeaseSeconds = Annotated[int, Field(strict=True, ge=1, le=3600)]
+WaitSeconds = Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)]
+
 T = TypeVar("T")
 
 
@@ -191,6 +200,16 @@ class TaskCreate(Input):
     agent_id: Id | None = Field(None, description="The assignee.")
     priority: Priority = 0
     payload: JsonValue = None
+    depends_on: DependsOn = Field(
+        default_factory=list,
+        description="Tasks that must complete before this one can be claimed (unknown id or "
+        "a cycle: 422).",
+    )
+    capabilities: Capabilities = Field(
+        default_factory=list,
+        description="What a claimer must have: every one of these among its capabilities.",
+    )
+    max_attempts: MaxAttempts = Field(3, description="Claims allowed before the task fails.")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -220,6 +239,12 @@ class TaskUpdate(Input):
     agent_id: Id | None = None
     priority: Priority | None = None
     payload: JsonValue = None
+    depends_on: DependsOn | None = Field(None, description="Replaced; only while pending.")
+    capabilities: Capabilities | None = None
+    max_attempts: MaxAttempts | None = None
+    lease_id: LeaseId | None = Field(
+        None, description="Required to change the status of a leased task (409 LEASE_LOST)."
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -230,6 +255,15 @@ class TaskUpdate(Input):
             ]
         }
     )
+
+
+class LeaseOut(BaseModel):
+    """A claim's lease: renew it before `expires_at`, or another agent may claim the task."""
+
+    id: str
+    agent_id: str
+    fence: int = Field(description="Grows by one with every claim of the task: a fencing token.")
+    expires_at: Timestamp
 
 
 class TaskOut(BaseModel):
@@ -247,6 +281,55 @@ class TaskOut(BaseModel):
     updated_at: Timestamp
     started_at: Timestamp | None
     completed_at: Timestamp | None
+    depends_on: list[str] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    max_attempts: int = 3
+    attempts: int = Field(0, description="Claims so far.")
+    ready_at: Timestamp | None = Field(
+        None, description="When its last dependency completed; null while one is unfinished."
+    )
+    lease: LeaseOut | None = None
+
+
+class ClaimRequest(Input):
+    agent_id: Id | None = Field(
+        None, description="The claimer; with an agent's token, that agent (another value: 403)."
+    )
+    capabilities: Capabilities = Field(default_factory=list)
+    session_id: Id | None = Field(None, description="Only tasks of this session.")
+    lease_seconds: LeaseSeconds = 300
+    wait_seconds: WaitSeconds = 0
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"agent_id": "coder-1", "capabilities": ["python"], "wait_seconds": 20}]
+        }
+    )
+
+
+class Claimed(BaseModel):
+    task: TaskOut
+    lease: LeaseOut
+
+
+class LeaseRenew(Input):
+    lease_id: LeaseId
+    lease_seconds: LeaseSeconds | None = Field(None, description="Default: the claim's.")
+
+
+class LeaseComplete(Input):
+    lease_id: LeaseId
+    result: JsonValue = None
+
+
+class LeaseFail(Input):
+    lease_id: LeaseId
+    error: LongText
+    retry: bool = Field(True, description="Back to pending while attempts are left.")
+
+
+class LeaseRelease(Input):
+    lease_id: LeaseId
 
 
 class SubtaskCreate(Input):
@@ -310,6 +393,8 @@ class MessageCreate(Input):
         le=MAX_TTL_SECONDS,
         description="Expire (message.expired) after this long.",
     )
+    thread_id: Id | None = Field(None, description="The conversation it belongs to.")
+    reply_to: Id | None = Field(None, description="The message it answers.")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -336,6 +421,29 @@ class MessageOut(BaseModel):
     expires_at: Timestamp | None
     read_at: Timestamp | None
     expired_at: Timestamp | None
+    seq: int | None = Field(None, description="Its place in the recipient's inbox (1, 2, …).")
+    thread_id: str | None = None
+    reply_to: str | None = None
+
+
+class InboxPage(BaseModel):
+    """Messages to an agent after a position of its inbox, oldest first."""
+
+    messages: list[MessageOut]
+    cursor: int = Field(
+        description="The seq of the last message returned (the position asked for when none):"
+        " pass it as `after` next, and ack it once handled."
+    )
+
+
+class InboxAck(Input):
+    up_to: int = Field(strict=True, ge=0, lt=2**63, description="Handled up to this seq.")
+
+
+class InboxPosition(BaseModel):
+    agent_id: str
+    acked: int = Field(description="The acknowledged position: a read without `after` starts here.")
+    last_seq: int = Field(description="The seq of the newest message to the agent.")
 
 
 class ActionCreate(Input):

@@ -39,6 +39,7 @@ DEBOUNCE = 0.05  # coalesce a burst of connects into one write
 class _Pending:
     last_seen: datetime
     status: str | None = None  # None: only last_seen changed
+    create: bool = False  # insert the agent (offline) if it is not there yet
 
 
 class AgentRecorder:
@@ -67,14 +68,16 @@ class AgentRecorder:
             pending.status = AgentStatus.OFFLINE.value
             self._urgent.set()
 
-    def touch(self, agent_id: str) -> datetime:
-        """A REST heartbeat: last_seen = now, written with the next batch."""
+    def touch(self, agent_id: str, create: bool = False) -> datetime:
+        """A REST heartbeat or an agent's request: last_seen = now, written with the next
+        batch; with `create`, an agent never seen before is inserted (offline)."""
         now = utcnow()
         pending = self._pending.get(agent_id)
         if pending is None:
-            self._pending[agent_id] = _Pending(now)
+            self._pending[agent_id] = _Pending(now, create=create)
         else:
             pending.last_seen = now
+            pending.create = pending.create or create
         return now
 
     def last_seen(self, agent_id: str, stored: datetime | None) -> datetime | None:
@@ -127,8 +130,10 @@ class AgentRecorder:
                 newer = self._pending.get(agent_id)
                 if newer is None:
                     self._pending[agent_id] = pending
-                elif newer.status is None:
-                    newer.status = pending.status
+                else:
+                    if newer.status is None:
+                        newer.status = pending.status
+                    newer.create = newer.create or pending.create
             raise
         self.flushes += 1
         self.rows_written += len(batch)
@@ -162,10 +167,29 @@ class AgentRecorder:
                     ),
                     with_status,
                 )
+            created = [
+                {
+                    "id": agent_id,
+                    "status": AgentStatus.OFFLINE.value,
+                    "last_seen": p.last_seen,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for agent_id, p in batch.items()
+                if p.status is None and p.create
+            ]
+            if created:
+                statement = insert(Agent.metadata.tables["agents"])
+                await db.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["id"], set_={"last_seen": statement.excluded.last_seen}
+                    ),
+                    created,
+                )
             seen_only = [
                 {"agent_id": agent_id, "seen": p.last_seen}
                 for agent_id, p in batch.items()
-                if p.status is None
+                if p.status is None and not p.create
             ]
             if seen_only:
                 table = Agent.metadata.tables["agents"]

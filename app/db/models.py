@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -29,8 +30,8 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.sql import func, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql import func, text, true
 
 from app.db.types import JSONValue, UTCDateTime, utcnow
 
@@ -144,6 +145,31 @@ class Task(Base):
     updated_at: Mapped[datetime] = _stamped()
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # --- claims (migration 0004, app/domain/claims.py) ---------------------------------------
+    # What a claimer must have (a JSON list of strings; NULL: nothing).
+    capabilities: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default=text("3"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # When the last dependency completed (or the task was created without any): claimable
+    # from then on. NULL while a dependency is unfinished.
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The current lease: who holds it, until when; `lease_fence` grows by one per claim, so a
+    # holder's writes can be told apart from an older holder's (a fencing token).
+    lease_id: Mapped[str | None] = mapped_column(String(64))
+    lease_agent_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    lease_fence: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_seconds: Mapped[int | None] = mapped_column(Integer)
+    # How the last lease ended: completed, failed, released, expired (the trigger names the
+    # event after it: task.released, task.lease_expired).
+    lease_outcome: Mapped[str | None] = mapped_column(String(16))
+    dependencies: Mapped[list[TaskDependency]] = relationship(
+        foreign_keys="TaskDependency.task_id",
+        lazy="selectin",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="TaskDependency.depends_on",
+    )
 
     __table_args__ = (
         CheckConstraint(_in("status", TaskStatus), name="status"),
@@ -153,7 +179,27 @@ class Task(Base):
         Index("ix_tasks_session_id", "session_id", "created_at"),
         # Metrics: tasks that reached a status in the last hour (a range seek per status).
         Index("ix_tasks_finished", "status", "completed_at"),
+        # Claims: the best pending task first.
+        Index("ix_tasks_claim", "status", "priority", "created_at"),
+        # The lease sweeper and heartbeats: leases by expiry, by holder.
+        Index("ix_tasks_lease_expiry", "lease_expires_at"),
+        Index("ix_tasks_lease_agent", "lease_agent_id"),
     )
+
+
+class TaskDependency(Base):
+    """`task_id` may be claimed once `depends_on` has completed (migration 0004)."""
+
+    __tablename__ = "task_dependencies"
+
+    task_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    depends_on: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (Index("ix_task_dependencies_depends_on", "depends_on"),)
 
 
 class Subtask(Base):
@@ -197,8 +243,15 @@ class Message(Base):
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Set once by the TTL sweeper; its trigger writes the one message.expired event.
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The recipient's inbox sequence: 1, 2, 3, … per `to_agent`, gapless, given in the
+    # inserting transaction (migration 0004; a trigger gives one to raw SQL inserts).
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    thread_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    reply_to: Mapped[str | None] = mapped_column(String(ID_LENGTH))
 
     __table_args__ = (
+        Index("ix_messages_inbox", "to_agent", "seq", unique=True),
+        Index("ix_messages_thread", "thread_id", "created_at"),
         Index("ix_messages_created_at", "created_at", "id"),
         # The inbox: ?to_agent=…&unread=true, oldest first.
         Index("ix_messages_to_agent", "to_agent", "read_at", "created_at"),
@@ -209,6 +262,57 @@ class Message(Base):
         # Metrics: unread and not expired.
         Index("ix_messages_unread", "read_at", "expired_at"),
     )
+
+
+class Inbox(Base):
+    """An agent's inbox: the last sequence given and the position it acknowledged."""
+
+    __tablename__ = "agent_inboxes"
+
+    agent_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    acked_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    updated_at: Mapped[datetime] = _stamped()
+
+
+class Reservation(Base):
+    """An advisory claim on paths of a shared workspace (app/domain/reservations.py)."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    paths: Mapped[Any] = mapped_column(JSONValue)
+    exclusive: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _stamped()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set once each: the triggers write reservation.released / reservation.expired.
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_reservations_active", "released_at", "expired_at", "expires_at"),
+        Index("ix_reservations_agent_id", "agent_id", "created_at"),
+    )
+
+
+class IdempotencyKey(Base):
+    """The first answer to a POST with an `Idempotency-Key`, replayed to its retries."""
+
+    __tablename__ = "idempotency_keys"
+
+    # Whose key: the caller's identity, so two agents' keys never meet.
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # NULL while the first request runs.
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = _stamped()
+
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
 
 class Action(Base):

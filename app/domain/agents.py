@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.db.models import Agent, AgentStatus
 from app.db.types import utcnow
-from app.domain import access, pagination
+from app.domain import access, claims, pagination
 from app.domain.context import Context
 from app.domain.errors import AlreadyExists, Conflict, NotFound
 from app.domain.rows import insert
@@ -103,5 +103,6 @@ async def heartbeat(ctx: Context, agent_id: str) -> AgentOut:
     if row is None:
         raise NotFound("Agent", agent_id)
     ctx.presence.touch(agent_id)
+    await claims.renew_all(ctx.db, agent_id)  # a live agent keeps its leases
     await ctx.realtime.agent_heartbeat(agent_id, ctx.actor.session_id)
     return _out(ctx, row, await ctx.realtime.live_connections())

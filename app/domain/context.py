@@ -11,6 +11,7 @@ A front door builds one `Context` per request, tool call or WebSocket message.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from app.realtime.history import HistoryPage, StreamPosition
 from app.realtime.permissions import Principal
 from app.realtime.presence import ClientInfo
 from app.realtime.publication import Publication
+from app.realtime.waits import EventFilter, Watch
 
 
 class Realtime(Protocol):
@@ -46,12 +48,19 @@ class Realtime(Protocol):
     async def channel_presence(self, channel: str) -> dict[str, ClientInfo]:
         """Client id → who is subscribed to `channel`, cluster-wide."""
 
+    def watch(
+        self, channel: str, matches: EventFilter, timeout: float
+    ) -> AbstractAsyncContextManager[Watch]:
+        """Wake on publications of `channel` whose event `matches`, for `timeout` seconds
+        (realtime/waits.py): how long polls wait without polling."""
+
 
 class Presence(Protocol):
     """Agents' last_seen, including what is waiting to be written."""
 
-    def touch(self, agent_id: str) -> datetime:
-        """Seen now (written with the next batch); returns the time recorded."""
+    def touch(self, agent_id: str, create: bool = False) -> datetime:
+        """Seen now (written with the next batch; `create`: the agent exists from now on, as
+        one that connects does); returns the time recorded."""
 
     def last_seen(self, agent_id: str, stored: datetime | None) -> datetime | None:
         """The newer of the stored value and a pending one."""

@@ -33,10 +33,16 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 # Columns that cannot be NULL: `null` in a PATCH means "leave as is" for them.
-NOT_NULLABLE = frozenset({"status", "title", "priority"})
+NOT_NULLABLE = frozenset({"status", "title", "priority", "max_attempts"})
 
 # Who may change a row, given it as it is now (raises Forbidden): ownership, from access.py.
 Guard = Callable[[Any], Awaitable[None]]
+# What a resource adds to a change, given the row as it is now and the change asked: the
+# column values to write (it may also write other tables, in the same transaction).
+Prepare = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]
+# What follows a change in the same transaction (e.g. a task's dependents), given the row as
+# it was and the values written.
+Settle = Callable[[Any, dict[str, Any]], Awaitable[None]]
 
 
 def patch_changes(given: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +83,14 @@ async def update_lifecycle(
     ident: str,
     changes: dict[str, Any],
     guard: Guard | None = None,
+    prepare: Prepare | None = None,
+    settle: Settle | None = None,
 ) -> M:
-    """Apply a PATCH to a task or subtask: guarded, validated, compare-and-set, retried."""
+    """Apply a PATCH to a task or subtask: guarded, validated, compare-and-set, retried.
+
+    A retry (someone changed the status meanwhile) rolls back and runs everything again,
+    `prepare`'s writes included.
+    """
     table: Any = model
     for _ in range(5):
         row: Any = await db.get(model, ident, populate_existing=True)
@@ -88,7 +100,8 @@ async def update_lifecycle(
             await guard(row)
         current = row.status
         check_transition(kind, ident, current, changes.get("status"))
-        effective = {k: v for k, v in changes.items() if getattr(row, k) != v}
+        asked = changes if prepare is None else await prepare(row, changes)
+        effective = {k: v for k, v in asked.items() if getattr(row, k) != v}
         if not effective:
             unchanged: M = row
             return unchanged  # nothing changes: no write, no event
@@ -104,6 +117,8 @@ async def update_lifecycle(
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:
+            if settle is not None:
+                await settle(row, values)
             await db.commit()
             fresh: M | None = await db.get(model, ident, populate_existing=True)
             assert fresh is not None

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Message
 from app.db.types import utcnow
-from app.domain import access, pagination
+from app.domain import access, inbox, pagination
 from app.domain.context import Context
 from app.domain.errors import Conflict, Invalid, NotFound
 from app.domain.rows import insert, new_id
@@ -38,7 +38,10 @@ async def _store(
     session_id: str | None,
     ttl_seconds: float | None,
     ident: str | None = None,
+    thread_id: str | None = None,
+    reply_to: str | None = None,
 ) -> Message:
+    """Insert a message with the recipient's next inbox seq, in one transaction."""
     now = utcnow()
     row = Message(
         id=ident or new_id("msg"),
@@ -49,6 +52,9 @@ async def _store(
         data=data,
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+        thread_id=thread_id,
+        reply_to=reply_to,
+        seq=await inbox.next_seq(db, to_agent),
     )
     await insert(db, row, "Message")
     return row
@@ -66,6 +72,8 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
         session_id=body.session_id,
         ttl_seconds=body.ttl_seconds,
         ident=body.id,
+        thread_id=body.thread_id,
+        reply_to=body.reply_to,
     )
     return message_out(row)
 
@@ -103,9 +111,15 @@ async def send_direct(
 
 
 def message_filters(
-    to_agent: str | None, from_agent: str | None, session_id: str | None, unread: bool | None
+    to_agent: str | None,
+    from_agent: str | None,
+    session_id: str | None,
+    unread: bool | None,
+    thread_id: str | None = None,
 ) -> list[ColumnElement[bool]]:
     filters: list[ColumnElement[bool]] = [Message.expired_at.is_(None)]
+    if thread_id is not None:
+        filters.append(Message.thread_id == thread_id)
     if to_agent is not None:
         filters.append(Message.to_agent == to_agent)
     if from_agent is not None:
@@ -126,12 +140,13 @@ async def list_messages(
     from_agent: str | None = None,
     session_id: str | None = None,
     unread: bool | None = None,
+    thread_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
     order: pagination.Order = pagination.Order.ASC,
 ) -> Page[MessageOut]:
     """Messages that have not expired, by creation time; an agent sees only its own."""
-    filters = message_filters(to_agent, from_agent, session_id, unread)
+    filters = message_filters(to_agent, from_agent, session_id, unread, thread_id)
     party = access.message_party(ctx.actor)
     if party is not None:
         filters.append(or_(Message.to_agent == party, Message.from_agent == party))

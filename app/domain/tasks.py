@@ -6,22 +6,82 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, select
 
-from app.db.models import Task, TaskStatus
+from app.db.models import Task, TaskDependency, TaskStatus
 from app.db.types import utcnow
-from app.domain import access, lifecycle, pagination
+from app.domain import access, dependencies, lifecycle, pagination
 from app.domain.context import Context
-from app.domain.errors import NotFound
+from app.domain.errors import Conflict, NotFound
 from app.domain.rows import insert, new_id
-from app.schemas import Page, TaskCreate, TaskOut, TaskUpdate
+from app.schemas import LeaseOut, Page, TaskCreate, TaskOut, TaskUpdate
+
+LEASE_LOST = "LEASE_LOST"
+
+
+def lease_out(row: Task) -> LeaseOut | None:
+    if row.lease_id is None or row.lease_agent_id is None or row.lease_expires_at is None:
+        return None
+    return LeaseOut(
+        id=row.lease_id,
+        agent_id=row.lease_agent_id,
+        fence=row.lease_fence,
+        expires_at=row.lease_expires_at,
+    )
 
 
 def task_out(row: Task) -> TaskOut:
-    return TaskOut.model_validate(row, from_attributes=True)
+    return TaskOut(
+        id=row.id,
+        session_id=row.session_id,
+        agent_id=row.agent_id,
+        title=row.title,
+        description=row.description,
+        status=TaskStatus(row.status),
+        priority=row.priority,
+        payload=row.payload,
+        result=row.result,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        depends_on=[d.depends_on for d in row.dependencies],
+        capabilities=list(row.capabilities or ()),
+        max_attempts=row.max_attempts,
+        attempts=row.attempts,
+        ready_at=row.ready_at,
+        lease=lease_out(row),
+    )
+
+
+def lease_change(row: Task, lease_id: str | None, status: str) -> dict[str, Any]:
+    """A PATCH of `status` on a leased task: it needs the live lease, and ends it."""
+    now = utcnow()
+    live = row.lease_id is not None and row.lease_expires_at is not None
+    if not live or status == row.status:
+        return {}
+    assert row.lease_expires_at is not None
+    if lease_id != row.lease_id or row.lease_expires_at <= now:
+        raise Conflict(
+            f"Task {row.id} is leased: changing its status needs its lease_id", LEASE_LOST
+        )
+    outcome = {
+        TaskStatus.COMPLETED: "completed",
+        TaskStatus.FAILED: "failed",
+        TaskStatus.PENDING: "released",
+        TaskStatus.CANCELLED: "cancelled",
+    }.get(TaskStatus(status), "released")
+    return {
+        "lease_id": None,
+        "lease_agent_id": None,
+        "lease_expires_at": None,
+        "lease_outcome": outcome,
+    }
 
 
 async def create_task(ctx: Context, body: TaskCreate) -> TaskOut:
     """Queue a task (pending) for any assignee; its trigger emits task.created."""
     access.require_writer(ctx.actor)
+    ready_at = await dependencies.check_dependencies(ctx.db, body.id, body.depends_on)
     now = utcnow()
     row = Task(
         id=body.id or new_id("task"),
@@ -32,9 +92,17 @@ async def create_task(ctx: Context, body: TaskCreate) -> TaskOut:
         priority=body.priority,
         payload=body.payload,
         status=TaskStatus.PENDING.value,
+        capabilities=sorted(set(body.capabilities)) or None,
+        max_attempts=body.max_attempts,
+        attempts=0,
+        lease_fence=0,
+        ready_at=ready_at,
         created_at=now,
         updated_at=now,
     )
+    row.dependencies = [
+        TaskDependency(task_id=row.id, depends_on=ident) for ident in sorted(set(body.depends_on))
+    ]
     await insert(ctx.db, row, "Task")
     return task_out(row)
 
@@ -90,10 +158,41 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
     """Change a task: status (validated), result, error, …; the trigger emits task.updated,
     or task.completed / task.failed when it reaches that status."""
     actor = ctx.actor
+    db = ctx.db
+    given = body.model_dump(exclude_unset=True)
+    lease_id = given.pop("lease_id", None)
+    depends_on = given.pop("depends_on", None)
+    if "capabilities" in given:
+        given["capabilities"] = sorted(set(given["capabilities"] or ())) or None
 
     async def guard(row: Any) -> None:
         access.check_task_writer(actor, "Task", task_id, row.agent_id)
 
-    changes = lifecycle.patch_changes(body.model_dump(exclude_unset=True))
-    row = await lifecycle.update_lifecycle(ctx.db, Task, "Task", task_id, changes, guard)
+    async def prepare(row: Any, changes: dict[str, Any]) -> dict[str, Any]:
+        changes = dict(changes)
+        if "status" in changes:
+            changes.update(lease_change(row, lease_id, changes["status"]))
+        if depends_on is not None and sorted(set(depends_on)) != [
+            d.depends_on for d in row.dependencies
+        ]:
+            if row.status != TaskStatus.PENDING or row.lease_id is not None:
+                raise Conflict(
+                    f"Task {task_id} is {row.status}: its dependencies change only while "
+                    "it is pending",
+                    "ILLEGAL_TRANSITION",
+                )
+            changes["ready_at"] = await dependencies.check_dependencies(db, task_id, depends_on)
+            await dependencies.replace_dependencies(db, row, depends_on)
+            changes["updated_at"] = utcnow()  # a change even if nothing else is
+        return changes
+
+    async def settle(row: Any, values: dict[str, Any]) -> None:
+        status = values.get("status")
+        if status is not None and status != row.status:
+            await dependencies.settle_dependents(db, task_id, status)
+
+    changes = lifecycle.patch_changes(given)
+    row = await lifecycle.update_lifecycle(
+        db, Task, "Task", task_id, changes, guard, prepare, settle
+    )
     return task_out(row)

@@ -23,6 +23,8 @@ from app.realtime.history import StreamPosition
 from app.realtime.publication import Publication
 from app.realtime.stats import Stats
 
+Tap = Callable[[Publication], None]
+
 
 class BrokerUnavailable(Exception):
     """The broker could not subscribe this node to a channel."""
@@ -48,9 +50,15 @@ class Hub:
         self._buffers: dict[str, dict[Connection, list[Publication]]] = {}
         # Channels whose broker subscription is in flight: later subscribers wait on it.
         self._pending: dict[str, asyncio.Future[bool]] = {}
+        # In-process listeners (waits.py: an agent's long poll), called with each publication.
+        self._taps: dict[str, list[Tap]] = {}
 
     def handle_publication(self, publication: Publication) -> None:
         channel = publication.channel
+        taps = self._taps.get(channel)
+        if taps:
+            for tap in taps:
+                tap(publication)
         buffers = self._buffers.get(channel)
         if buffers:
             for pending in buffers.values():
@@ -122,9 +130,7 @@ class Hub:
                 position, replay, recovered = page.position, page.publications, page.recoverable
         except BaseException:
             self._drop_buffer(channel, connection)
-            if not subscribers and channel not in self._pending:
-                self._channels.pop(channel, None)
-                await self._broker.unsubscribe(channel)
+            await self._release(channel)
             raise
         # From here to the end: no await, so no publication can slip between the parts.
         self._drop_buffer(channel, connection)
@@ -163,15 +169,47 @@ class Hub:
         if subscribers is None or connection not in subscribers:
             return False
         del subscribers[connection]
-        if not subscribers and channel not in self._pending and channel not in self._buffers:
-            del self._channels[channel]
-            await self._broker.unsubscribe(channel)
+        await self._release(channel)
         return True
 
     async def remove(self, connection: Connection) -> None:
         """Drop every subscription of a closed connection."""
         for channel in list(connection.subscriptions):
             await self.unsubscribe(connection, channel)
+
+    async def tap(self, channel: str, tap: Tap) -> None:
+        """Call `tap` (it must not block) with every publication on `channel` from now on."""
+        taps = self._taps.get(channel)
+        if taps is None:
+            taps = self._taps[channel] = []
+            try:
+                await self._ensure_broker_subscription(channel)
+            except BaseException:
+                self._taps.pop(channel, None)
+                raise
+        taps.append(tap)
+
+    async def untap(self, channel: str, tap: Tap) -> None:
+        taps = self._taps.get(channel)
+        if taps is None or tap not in taps:
+            return
+        taps.remove(tap)
+        if not taps:
+            del self._taps[channel]
+            await self._release(channel)
+
+    async def _release(self, channel: str) -> None:
+        """Unsubscribe the node from `channel` once nobody here listens to it."""
+        subscribers = self._channels.get(channel)
+        if (
+            subscribers is not None
+            and not subscribers
+            and channel not in self._pending
+            and channel not in self._buffers
+            and channel not in self._taps
+        ):
+            del self._channels[channel]
+            await self._broker.unsubscribe(channel)
 
     def subscribers(self, channel: str) -> list[Connection]:
         return list(self._channels.get(channel, ()))

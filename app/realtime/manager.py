@@ -18,6 +18,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ from app.realtime.presence import AgentPresence, ClientInfo, MemoryPresenceStore
 from app.realtime.protocol import CloseCode, ensure_encodable, now_ms
 from app.realtime.publication import Publication
 from app.realtime.stats import Stats
+from app.realtime.waits import EventFilter, Watch, Waits
 
 logger = logging.getLogger("context_manager.connections")
 
@@ -96,6 +98,7 @@ class ConnectionManager:
         self.broker = broker
         self.stats = Stats()
         self.hub = Hub(broker, self.stats)
+        self.waits = Waits(self.hub)
         self.permissions = Permissions()
         self.presence = AgentPresence(settings.heartbeat_interval)
         # With many nodes the cluster decides an agent's first/last connection anywhere (and
@@ -288,6 +291,12 @@ class ConnectionManager:
     ) -> HistoryPage:
         """A channel's retained publications after `since`, oldest first."""
         return await self.broker.history(channel, since, limit)
+
+    def watch(
+        self, channel: str, matches: EventFilter, timeout: float
+    ) -> AbstractAsyncContextManager[Watch]:
+        """Wait up to `timeout` for a publication on `channel` whose event `matches`."""
+        return self.waits.watch(channel, matches, timeout)
 
     async def channel_presence(self, channel: str) -> dict[str, ClientInfo]:
         """Client id → who is subscribed to `channel`, cluster-wide."""

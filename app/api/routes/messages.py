@@ -31,6 +31,7 @@ async def list_messages(
     unread: Annotated[
         bool | None, Query(description="true: only unread; false: only read.")
     ] = None,
+    thread_id: Annotated[Id | None, Query(description="One conversation.")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
     order: OrderQuery = Order.ASC,
@@ -43,6 +44,7 @@ async def list_messages(
         from_agent=from_agent,
         session_id=session_id,
         unread=unread,
+        thread_id=thread_id,
         limit=limit,
         cursor=cursor,
         order=order,

@@ -1,0 +1,319 @@
+"""Claiming tasks with a lease: one agent at a time, and a crashed agent's task comes back.
+
+    claim ──▶ in_progress, attempts + 1, a new lease (id, holder, fence + 1, expires_at)
+      │        renew (POST …/lease, or any heartbeat of the holder) pushes expires_at on
+      ├── complete ─▶ completed (dependents become ready)
+      ├── fail ─────▶ pending again while attempts are left (retry), else failed
+      ├── release ──▶ pending, the attempt given back
+      └── expiry ───▶ pending, or failed once max_attempts claims were used (the sweeper)
+
+A claim is one UPDATE whose WHERE picks the best ready task (pending, every dependency
+completed, capabilities covered, attempts left; highest priority, then oldest): on
+PostgreSQL the pick is `FOR UPDATE SKIP LOCKED`, so concurrent claimers take different rows
+without queueing behind each other; on SQLite the statement holds the database's write lock.
+Every lease operation is a compare-and-set on (lease id, not expired): a lease that expired or
+was taken over answers 409 LEASE_LOST and changes nothing. The fence grows with every claim,
+so whatever a holder writes elsewhere can carry it and be told apart from an older holder's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, and_, cast, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from app.core.security import Role
+from app.db.models import Task, TaskDependency, TaskStatus
+from app.db.types import utcnow
+from app.domain import access
+from app.domain.context import Context
+from app.domain.dependencies import settle_dependents
+from app.domain.errors import Conflict, Forbidden, NotFound
+from app.domain.tasks import LEASE_LOST, lease_out, task_out
+from app.schemas import Claimed, ClaimRequest, TaskOut
+
+
+def new_lease_id() -> str:
+    return f"lease_{uuid.uuid4().hex}"
+
+
+# --- what is ready ---------------------------------------------------------------------------
+
+
+def _covered(db: AsyncSession, capabilities: Sequence[str]) -> ColumnElement[bool]:
+    """The task's capabilities are all among the claimer's."""
+    if db.get_bind().dialect.name == "postgresql":
+        have = cast(orjson.dumps(sorted(set(capabilities))).decode(), JSONB)
+        return or_(Task.capabilities.is_(None), Task.capabilities.op("<@")(have))
+    needed = func.json_each(Task.capabilities).table_valued("value").alias("needed")
+    missing = select(needed.c.value).where(needed.c.value.not_in(list(capabilities))).exists()
+    return or_(Task.capabilities.is_(None), ~missing)
+
+
+def _dependencies_done() -> ColumnElement[bool]:
+    dep = aliased(Task)
+    unfinished = (
+        select(TaskDependency.task_id)
+        .join(dep, dep.id == TaskDependency.depends_on)
+        .where(TaskDependency.task_id == Task.id, dep.status != TaskStatus.COMPLETED.value)
+    )
+    return ~exists(unfinished)
+
+
+def ready(
+    db: AsyncSession,
+    capabilities: Sequence[str] | None = None,
+    agent_id: str | None = None,
+    session_id: str | None = None,
+) -> list[ColumnElement[bool]]:
+    """Conditions of a claimable task (for `capabilities` and `agent_id` when given)."""
+    conditions = [
+        Task.status == TaskStatus.PENDING.value,
+        Task.attempts < Task.max_attempts,
+        _dependencies_done(),
+    ]
+    if capabilities is not None:
+        conditions.append(_covered(db, capabilities))
+    if agent_id is not None:
+        # Unassigned, or assigned to this claimer.
+        conditions.append(or_(Task.agent_id.is_(None), Task.agent_id == agent_id))
+    if session_id is not None:
+        conditions.append(Task.session_id == session_id)
+    return conditions
+
+
+# --- claiming --------------------------------------------------------------------------------
+
+
+async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed | None:
+    """Claim the best ready task now, or None."""
+    db = ctx.db
+    pick = (
+        select(Task.id)
+        .where(*ready(db, body.capabilities, agent_id, body.session_id))
+        .order_by(Task.priority.desc(), Task.created_at, Task.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Task)
+        .scalar_subquery()
+    )
+    now = utcnow()
+    lease_id = new_lease_id()
+    result = await db.execute(
+        update(Task)
+        .where(Task.id == pick, Task.status == TaskStatus.PENDING.value)
+        .values(
+            status=TaskStatus.IN_PROGRESS.value,
+            attempts=Task.attempts + 1,
+            lease_id=lease_id,
+            lease_agent_id=agent_id,
+            lease_fence=Task.lease_fence + 1,
+            lease_expires_at=now + timedelta(seconds=body.lease_seconds),
+            lease_seconds=body.lease_seconds,
+            lease_outcome=None,
+            started_at=func.coalesce(Task.started_at, now),
+            updated_at=now,
+        )
+        .returning(Task.id)
+        .execution_options(synchronize_session=False)
+    )
+    claimed = result.scalar_one_or_none()
+    if claimed is None:
+        await db.rollback()
+        return None
+    await db.commit()
+    row = await db.get(Task, claimed, populate_existing=True)
+    assert row is not None and row.lease_id == lease_id
+    lease = lease_out(row)
+    assert lease is not None
+    return Claimed(task=task_out(row), lease=lease)
+
+
+def _may_free_a_task(event: str) -> bool:
+    # Every task event goes to `global`; one of these may have made a task claimable.
+    return event.startswith("task.")
+
+
+async def claim(ctx: Context, body: ClaimRequest) -> Claimed | None:
+    """Claim the best ready task for the actor; with `wait_seconds`, wait for one to become
+    ready (woken by the task events the bridge publishes, on any node)."""
+    agent_id = access.acting_agent(ctx.actor, body.agent_id, "agent_id")
+    ctx.presence.touch(agent_id, create=True)
+    if body.wait_seconds <= 0:
+        return await try_claim(ctx, agent_id, body)
+    async with ctx.realtime.watch("global", _may_free_a_task, body.wait_seconds) as watch:
+        while True:
+            claimed = await try_claim(ctx, agent_id, body)
+            if claimed is not None or watch.expired:
+                return claimed
+            await watch.wait()
+
+
+# --- lease operations ------------------------------------------------------------------------
+
+
+async def _leased(ctx: Context, task_id: str, lease_id: str) -> Task:
+    """The task, if `lease_id` is its live lease and the actor its holder (or an admin)."""
+    access.require_writer(ctx.actor)
+    row = await ctx.db.get(Task, task_id, populate_existing=True)
+    if row is None:
+        raise NotFound("Task", task_id)
+    actor = ctx.actor
+    if actor.role is not Role.ADMIN and row.lease_agent_id not in (None, actor.agent_id):
+        raise Forbidden(f"Task {task_id} is leased to {row.lease_agent_id}, not to this agent")
+    if row.lease_id != lease_id or row.lease_expires_at is None or row.lease_expires_at <= utcnow():
+        raise Conflict(f"Lease {lease_id} on task {task_id} expired or was taken over", LEASE_LOST)
+    return row
+
+
+async def _end_lease(ctx: Context, row: Task, lease_id: str, values: dict[str, Any]) -> TaskOut:
+    """Compare-and-set on the live lease, then dependents, in one transaction."""
+    db = ctx.db
+    now = utcnow()
+    values = {
+        **values,
+        "lease_id": None,
+        "lease_agent_id": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    if values.get("status") in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+        values["completed_at"] = now
+    result: Any = await db.execute(
+        update(Task)
+        .where(Task.id == row.id, Task.lease_id == lease_id, Task.lease_expires_at > now)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        await db.rollback()
+        raise Conflict(f"Lease {lease_id} on task {row.id} expired or was taken over", LEASE_LOST)
+    await settle_dependents(db, row.id, values["status"])
+    await db.commit()
+    fresh = await db.get(Task, row.id, populate_existing=True)
+    assert fresh is not None
+    return task_out(fresh)
+
+
+async def renew(ctx: Context, task_id: str, lease_id: str, seconds: int | None) -> TaskOut:
+    """Push the lease's expiry to now + `seconds` (default: the claim's). No event."""
+    row = await _leased(ctx, task_id, lease_id)
+    db = ctx.db
+    now = utcnow()
+    seconds = seconds or row.lease_seconds or 300
+    result: Any = await db.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.lease_id == lease_id, Task.lease_expires_at > now)
+        .values(lease_expires_at=now + timedelta(seconds=seconds), lease_seconds=seconds)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        await db.rollback()
+        raise Conflict(f"Lease {lease_id} on task {task_id} expired or was taken over", LEASE_LOST)
+    await db.commit()
+    fresh = await db.get(Task, task_id, populate_existing=True)
+    assert fresh is not None
+    return task_out(fresh)
+
+
+async def complete(ctx: Context, task_id: str, lease_id: str, result: Any) -> TaskOut:
+    row = await _leased(ctx, task_id, lease_id)
+    values = {"status": TaskStatus.COMPLETED.value, "result": result, "lease_outcome": "completed"}
+    return await _end_lease(ctx, row, lease_id, values)
+
+
+async def fail(ctx: Context, task_id: str, lease_id: str, error: str, retry: bool) -> TaskOut:
+    """Failed this attempt: back to pending while attempts are left and `retry`, else failed."""
+    row = await _leased(ctx, task_id, lease_id)
+    again = retry and row.attempts < row.max_attempts
+    status = TaskStatus.PENDING if again else TaskStatus.FAILED
+    values = {"status": status.value, "error": error, "lease_outcome": "failed"}
+    return await _end_lease(ctx, row, lease_id, values)
+
+
+async def release(ctx: Context, task_id: str, lease_id: str) -> TaskOut:
+    """Give the task back untouched: pending, and the attempt does not count."""
+    row = await _leased(ctx, task_id, lease_id)
+    values = {
+        "status": TaskStatus.PENDING.value,
+        "attempts": max(0, row.attempts - 1),
+        "lease_outcome": "released",
+    }
+    return await _end_lease(ctx, row, lease_id, values)
+
+
+async def renew_all(db: AsyncSession, agent_id: str) -> int:
+    """A heartbeat of `agent_id`: every live lease it holds runs for its length again."""
+    now = utcnow()
+    rows = (
+        await db.execute(
+            select(Task.id, Task.lease_id, Task.lease_seconds).where(
+                Task.lease_agent_id == agent_id,
+                Task.lease_id.is_not(None),
+                Task.lease_expires_at > now,
+            )
+        )
+    ).all()
+    for row in rows:
+        await db.execute(
+            update(Task)
+            .where(Task.id == row.id, Task.lease_id == row.lease_id, Task.lease_expires_at > now)
+            .values(lease_expires_at=now + timedelta(seconds=row.lease_seconds or 300))
+            .execution_options(synchronize_session=False)
+        )
+    if rows:
+        await db.commit()
+    return len(rows)
+
+
+# --- expiry (the lease sweeper, one node at a time) ------------------------------------------
+
+
+async def expire_leases(db: AsyncSession, now: datetime | None = None, batch: int = 500) -> int:
+    """Leases past their expiry: the task goes back to pending, or fails on its last attempt."""
+    now = now or utcnow()
+    rows = (
+        await db.execute(
+            select(Task.id, Task.lease_id, Task.attempts, Task.max_attempts)
+            .where(Task.lease_id.is_not(None), Task.lease_expires_at <= now)
+            .order_by(Task.lease_expires_at)
+            .limit(batch)
+        )
+    ).all()
+    expired = 0
+    for row in rows:
+        last = row.attempts >= row.max_attempts
+        values: dict[str, Any] = {
+            "status": (TaskStatus.FAILED if last else TaskStatus.PENDING).value,
+            "lease_id": None,
+            "lease_agent_id": None,
+            "lease_expires_at": None,
+            "lease_outcome": "expired",
+            "updated_at": now,
+        }
+        if last:
+            values["error"] = f"lease expired on the last of {row.max_attempts} attempts"
+            values["completed_at"] = now
+        result: Any = await db.execute(
+            update(Task)
+            .where(
+                and_(
+                    Task.id == row.id,
+                    Task.lease_id == row.lease_id,
+                    Task.lease_expires_at <= now,
+                )
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            expired += 1
+            await settle_dependents(db, row.id, values["status"])
+    await db.commit()
+    return expired

@@ -1,0 +1,146 @@
+"""Task dependencies: a task is claimable once every task it depends on has completed.
+
+- Set at creation, or replaced by PATCH while the task is pending; an unknown id, a finished
+  dependency that did not complete, or a cycle is refused (422).
+- `ready_at` records when the last dependency completed (the trigger then writes
+  `task.ready`); it is NULL while one is unfinished. The claim query does not trust it: it
+  checks the dependencies themselves (claims.READY), so a raw SQL writer cannot make a task
+  claimable early.
+- When a task fails or is cancelled for good, every pending task that depends on it, directly
+  or not, is cancelled with the reason — in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from app.db.models import Task, TaskDependency, TaskStatus
+from app.db.types import utcnow
+from app.domain.errors import Invalid
+
+_LOC = ("body", "depends_on")
+# Longest chain walked when looking for a cycle: beyond it the graph is refused as too deep.
+MAX_DEPTH = 1000
+
+
+async def check_dependencies(
+    db: AsyncSession, task_id: str | None, depends_on: Iterable[str]
+) -> datetime | None:
+    """Validate a task's new dependencies; its `ready_at` if they hold (None: not yet ready)."""
+    wanted = sorted(set(depends_on))
+    if not wanted:
+        return utcnow()
+    if task_id is not None and task_id in wanted:
+        raise Invalid(f"Task {task_id} cannot depend on itself", "DEPENDENCY_CYCLE", _LOC)
+    rows = (await db.execute(select(Task.id, Task.status).where(Task.id.in_(wanted)))).all()
+    status = {row.id: row.status for row in rows}
+    unknown = [ident for ident in wanted if ident not in status]
+    if unknown:
+        raise Invalid(f"Unknown task(s) {', '.join(unknown)}", "UNKNOWN_DEPENDENCY", _LOC)
+    dead = [i for i in wanted if status[i] in (TaskStatus.FAILED, TaskStatus.CANCELLED)]
+    if dead:
+        raise Invalid(
+            f"Task(s) {', '.join(dead)} {status[dead[0]]}: a dependent could never run",
+            "DEPENDENCY_FAILED",
+            _LOC,
+        )
+    if task_id is not None and await _reaches(db, wanted, task_id):
+        raise Invalid(f"Depending on {', '.join(wanted)} makes a cycle", "DEPENDENCY_CYCLE", _LOC)
+    done = all(status[i] == TaskStatus.COMPLETED for i in wanted)
+    return utcnow() if done else None
+
+
+async def _reaches(db: AsyncSession, start: list[str], target: str) -> bool:
+    """Whether `target` is among the dependencies (transitively) of the tasks in `start`."""
+    seen = set(start)
+    frontier = list(start)
+    for _ in range(MAX_DEPTH):
+        if not frontier:
+            return False
+        rows = await db.scalars(
+            select(TaskDependency.depends_on).where(TaskDependency.task_id.in_(frontier))
+        )
+        frontier = []
+        for ident in rows:
+            if ident == target:
+                return True
+            if ident not in seen:
+                seen.add(ident)
+                frontier.append(ident)
+    raise Invalid(f"Dependencies deeper than {MAX_DEPTH} tasks", "DEPENDENCY_CYCLE", _LOC)
+
+
+async def replace_dependencies(db: AsyncSession, task: Task, depends_on: list[str]) -> None:
+    """Write a task's dependency rows (in the caller's transaction)."""
+    await db.execute(delete(TaskDependency).where(TaskDependency.task_id == task.id))
+    for ident in sorted(set(depends_on)):
+        db.add(TaskDependency(task_id=task.id, depends_on=ident))
+    await db.flush()
+
+
+async def settle_dependents(db: AsyncSession, task_id: str, status: str) -> None:
+    """After `task_id` reached `status`: ready its dependents, or cancel them with the reason."""
+    if status == TaskStatus.COMPLETED:
+        await _ready_dependents(db, task_id)
+    elif status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        await _cancel_dependents(db, task_id, status)
+
+
+async def _ready_dependents(db: AsyncSession, task_id: str) -> None:
+    dep = aliased(Task)
+    unfinished = (
+        select(TaskDependency.task_id)
+        .join(dep, dep.id == TaskDependency.depends_on)
+        .where(TaskDependency.task_id == Task.id, dep.status != TaskStatus.COMPLETED.value)
+        .exists()
+    )
+    dependents = select(TaskDependency.task_id).where(TaskDependency.depends_on == task_id)
+    await db.execute(
+        update(Task)
+        .where(
+            Task.id.in_(dependents),
+            Task.status == TaskStatus.PENDING.value,
+            Task.ready_at.is_(None),
+            ~unfinished,
+        )
+        .values(ready_at=utcnow(), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _cancel_dependents(db: AsyncSession, task_id: str, status: str) -> None:
+    frontier = [(task_id, status)]
+    while frontier:
+        cause, how = frontier.pop()
+        dependents = (
+            await db.scalars(
+                select(Task.id).where(
+                    Task.id.in_(
+                        select(TaskDependency.task_id).where(TaskDependency.depends_on == cause)
+                    ),
+                    Task.status == TaskStatus.PENDING.value,
+                )
+            )
+        ).all()
+        if not dependents:
+            continue
+        now = utcnow()
+        values: dict[str, Any] = {
+            "status": TaskStatus.CANCELLED.value,
+            "error": f"dependency {cause} {how}",
+            "completed_at": now,
+            "updated_at": now,
+        }
+        await db.execute(
+            update(Task)
+            .where(Task.id.in_(dependents), Task.status == TaskStatus.PENDING.value)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        frontier.extend((ident, TaskStatus.CANCELLED.value) for ident in dependents)
