@@ -73,8 +73,7 @@ def permission_table() -> str:
         "|---|---|---|",
     ]
     for kind in ChannelKind:
-        publish = "same as subscribe" if kind.publish is kind.subscribe else kind.publish.text
-        lines.append(f"| `{kind.pattern}` | {kind.subscribe.text} | {publish} |")
+        lines.append(f"| `{kind.pattern}` | {kind.subscribe.text} | {kind.publish.text} |")
     reserved = [kind for kind in ChannelKind if kind.reserves_server_events]
     where = (
         "any channel"
@@ -83,9 +82,10 @@ def permission_table() -> str:
     )
     lines += [
         "",
-        f"System events — {reserved_summary()} — are published by the server only: a WebSocket",
-        f"client gets `FORBIDDEN` on {where} and nothing is delivered. Over REST",
-        "(`POST /api/events`, the server publish API) an admin may publish them.",
+        f"System events — {reserved_summary()} —",
+        "are published by the server only (app/events.py declares them, by the resource that",
+        f"emits them): a WebSocket client gets `FORBIDDEN` on {where} and nothing is delivered.",
+        "Over REST (`POST /api/events`, the server publish API) an admin may publish them.",
     ]
     return "\n".join(lines) + "\n"
 
