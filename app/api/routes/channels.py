@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from app.api.auth import IdentityDep
 from app.api.deps import ManagerDep
 from app.api.errors import ApiError
+from app.api.schemas import CHANNEL_PATTERN
 from app.realtime.channels import Channel, parse_channel
 from app.realtime.history import StreamPosition
 from app.realtime.permissions import may_subscribe
@@ -19,6 +20,16 @@ from app.realtime.protocol import ProtocolError
 router = APIRouter(prefix="/api/channels", tags=["channels"])
 
 HISTORY_LIMIT = 1000
+
+# The grammar is documented (derived from the registry of kinds) but checked by `_readable`,
+# which answers the protocol's INVALID_CHANNEL rather than a generic pattern mismatch.
+ChannelPath = Annotated[
+    str,
+    Path(
+        examples=["agents/backend-laravel"],
+        json_schema_extra={"pattern": CHANNEL_PATTERN, "maxLength": 160},
+    ),
+]
 
 
 class PublicationOut(BaseModel):
@@ -94,7 +105,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/{channel:path}/history", response_model=HistoryOut, responses=_ERRORS)
 async def channel_history(
-    channel: str,
+    channel: ChannelPath,
     manager: ManagerDep,
     identity: IdentityDep,
     since_offset: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
@@ -128,7 +139,7 @@ async def channel_history(
 
 
 @router.get("/{channel:path}/presence", response_model=PresenceOut, responses=_ERRORS)
-async def channel_presence(channel: str, manager: ManagerDep, identity: IdentityDep) -> Any:
+async def channel_presence(channel: ChannelPath, manager: ManagerDep, identity: IdentityDep) -> Any:
     """Who is subscribed to a channel across the cluster, with counts."""
     readable = _readable(channel, identity)
     members = await manager.presence_store.members(readable.name)
