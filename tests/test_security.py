@@ -17,7 +17,13 @@ from websockets.exceptions import ConnectionClosed
 from app.core.config import Settings
 from app.core.security import Identity, Role, TokenCodec
 from app.realtime.channels import parse_channel
-from app.realtime.permissions import may_publish, may_subscribe, permission_table
+from app.realtime.permissions import (
+    TABLE_BEGIN,
+    TABLE_END,
+    may_publish,
+    may_subscribe,
+    permission_table,
+)
 from app.server import Service
 from tests.conftest import Client, ClientFactory, ServiceFactory, ws_url
 
@@ -292,9 +298,11 @@ def test_permission_functions_follow_the_table() -> None:
 def test_the_documented_table_is_the_registrys() -> None:
     """docs/security.md shows what `python -m app.realtime.permissions` prints."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
-    begin = doc.index("-->\n", doc.index("<!-- permission-table")) + len("-->\n")
-    end = doc.index("<!-- /permission-table -->")
-    assert doc[begin:end] == permission_table(), "regenerate: python -m app.realtime.permissions"
+    begin = doc.index(TABLE_BEGIN) + len(TABLE_BEGIN)
+    end = doc.index(TABLE_END, begin)
+    assert doc[begin:end] == permission_table(), (
+        "regenerate: python -m app.realtime.permissions docs/security.md"
+    )
 
 
 # --- origins and limits ---------------------------------------------------------------------
