@@ -11,10 +11,10 @@ Why a static table and not a registry filled by the emitting modules as they are
 what a client may publish must not depend on which modules a process happened to import
 before the first publish (a worker that never imported the tasks module would let clients
 forge ``task.*``), and the outbox triggers (alembic/versions/) cannot register anything. So
-the declarations are constants, importable from anywhere (this module imports nothing of the
-app), and the emitters take their names from here — the triggers by convention, checked by
-tests/test_events.py, which reads every trigger the migrations create and fails on an event
-name no declaration covers.
+the declarations are constants, importable from anywhere without a cycle (this module imports
+nothing of the app); Python emitters can take their names from them (``AGENTS.names``), and
+tests/test_events.py holds every emitter to them: it reads the triggers the migrations create
+and the publish calls of app/ that name their event, and fails on a name no declaration covers.
 
 To add a resource with events: one declaration below, appended to `DECLARED`.
 """
