@@ -22,13 +22,13 @@ from pydantic import (
 )
 
 from app.db.models import AgentStatus, SessionStatus, TaskStatus
-from app.realtime.channels import ID_PATTERN
+from app.realtime.channels import ID_PATTERN, channel_pattern
 
 MAX_JSON_DEPTH = 32
 MAX_TTL_SECONDS = 30 * 24 * 3600  # a message's longest time to live
-# The grammar of app.realtime.channels, for the OpenAPI document; the route still checks with
-# parse_channel / check_event and answers their codes.
-CHANNEL_PATTERN = f"^(global|metrics|(agents|sessions|topics)/{ID_PATTERN})$"
+# The grammar of app.realtime.channels (derived from its registry of kinds), for the OpenAPI
+# document; the routes still check with parse_channel / check_event and answer their codes.
+CHANNEL_PATTERN = channel_pattern()
 EVENT_PATTERN = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$"
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.core.security import Identity, Role
 from app.realtime.channels import (
+    _PRIVILEGED,
+    ADMIN,
     MAX_EVENT_LENGTH,
     Channel,
     ChannelKind,
     agent_channel,
+    channel_pattern,
     check_event,
     is_valid_id,
     parse_channel,
@@ -183,3 +189,33 @@ def test_invalid_events_raise_invalid_event(name: str) -> None:
     with pytest.raises(ProtocolError) as info:
         check_event(name)
     assert info.value.code is ErrorCode.INVALID_EVENT
+
+
+# --- the registry of kinds --------------------------------------------------------------------
+
+
+def test_every_kind_parses_back_to_itself() -> None:
+    for kind in ChannelKind:
+        name = kind.value if kind.singleton else f"{kind.value}/x1"
+        channel = parse_channel(name)
+        assert channel.kind is kind and channel.id == (None if kind.singleton else "x1")
+        assert ChannelKind(kind.value) is kind
+
+
+@given(st.text(max_size=200) | st.sampled_from(["global", "metrics", "agents/a", "teams/t"]))
+def test_the_rest_pattern_is_the_grammar(name: str) -> None:
+    """channel_pattern() (the OpenAPI pattern) accepts exactly what parse_channel accepts."""
+    try:
+        parse_channel(name)
+        parsed = True
+    except ProtocolError:
+        parsed = False
+    assert (re.fullmatch(channel_pattern(), name) is not None) == parsed
+
+
+def test_rules_name_real_roles() -> None:
+    """The rules compare roles by value (security.py imports channels.py, not the reverse)."""
+    values = {role.value for role in Role}
+    assert _PRIVILEGED <= values and "admin" in values
+    assert ADMIN.allows(Identity("root", None, Role.ADMIN), parse_channel("global"))
+    assert not ADMIN.allows(Identity("d", None, Role.DASHBOARD), parse_channel("global"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -14,7 +15,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.core.config import Settings
-from app.core.security import Role, TokenCodec
+from app.core.security import Identity, Role, TokenCodec
+from app.realtime.channels import parse_channel
+from app.realtime.permissions import (
+    TABLE_BEGIN,
+    TABLE_END,
+    may_publish,
+    may_subscribe,
+    permission_table,
+)
 from app.server import Service
 from tests.conftest import Client, ClientFactory, ServiceFactory, ws_url
 
@@ -266,6 +275,34 @@ async def test_open_mode_identities(service: Service, ws_client: ClientFactory) 
     )
     assert dm["success"]
     assert (await observer.next_event("note.added"))["data"] == {"hi": 1}
+
+
+def test_permission_functions_follow_the_table() -> None:
+    """The pure checks REST uses, over the same hand-written table (no server)."""
+    for who, (agent_id, session_id, role) in IDENTITIES.items():
+        identity = Identity(agent_id, session_id, role)
+        for name in CHANNELS:
+            channel = parse_channel(name)
+            assert may_subscribe(identity, channel) == (name in SUBSCRIBE[who]), (who, name)
+            for server_api in (False, True):
+                allowed = may_publish(identity, channel, "note.added", server_api=server_api)
+                assert allowed == (name in PUBLISH[who]), (who, name, server_api)
+            for event in SYSTEM_EVENTS:
+                assert not may_publish(identity, channel, event, server_api=False)
+                # The server publish API: an admin only.
+                assert may_publish(identity, channel, event, server_api=True) == (
+                    role is Role.ADMIN
+                ), (who, name, event)
+
+
+def test_the_documented_table_is_the_registrys() -> None:
+    """docs/security.md shows what `python -m app.realtime.permissions` prints."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+    begin = doc.index(TABLE_BEGIN) + len(TABLE_BEGIN)
+    end = doc.index(TABLE_END, begin)
+    assert doc[begin:end] == permission_table(), (
+        "regenerate: python -m app.realtime.permissions docs/security.md"
+    )
 
 
 # --- origins and limits ---------------------------------------------------------------------

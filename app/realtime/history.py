@@ -73,31 +73,21 @@ class HistoryPage:
 
 
 class HistoryPolicies:
-    """The retention policy of each channel kind (HISTORY_* settings)."""
+    """The retention policy of each channel kind, from the settings its registry entry names."""
 
     def __init__(self, settings: Settings) -> None:
-        self._by_kind = {
-            ChannelKind.GLOBAL: HistoryPolicy(
-                settings.history_global_size, settings.history_global_ttl
-            ),
-            ChannelKind.METRICS: HistoryPolicy(1, settings.history_metrics_ttl),
-            ChannelKind.AGENT: HistoryPolicy(
-                settings.history_agents_size, settings.history_agents_ttl
-            ),
-            ChannelKind.SESSION: HistoryPolicy(
-                settings.history_sessions_size, settings.history_sessions_ttl
-            ),
-            ChannelKind.TOPIC: HistoryPolicy(
-                settings.history_topics_size, settings.history_topics_ttl
-            ),
+        # Brokers index it with a publication's kind: one dict lookup per publication.
+        self.by_kind: dict[ChannelKind, HistoryPolicy] = {
+            kind: HistoryPolicy(*kind.retention(settings)) for kind in ChannelKind
         }
 
     def for_channel(self, channel: str) -> HistoryPolicy:
-        return self._by_kind[parse_channel(channel).kind]
+        """The policy of a channel known by name (a history read: parse_channel is cached)."""
+        return self.by_kind[parse_channel(channel).kind]
 
     @property
     def max_ttl(self) -> float:
-        return max(policy.ttl for policy in self._by_kind.values())
+        return max(policy.ttl for policy in self.by_kind.values())
 
 
 def recovery_page(

@@ -36,7 +36,7 @@ from app.realtime.presence import AgentPresence, ClientInfo, MemoryPresenceStore
 from app.realtime.protocol import CloseCode, ensure_encodable, now_ms
 from app.realtime.publication import Publication
 from app.realtime.stats import Stats
-from app.realtime.waits import EventFilter, Watch, Waits
+from app.realtime.waits import EventFilter, Waits, Watch
 
 logger = logging.getLogger("context_manager.connections")
 

@@ -1,73 +1,57 @@
-"""The one place where channel permissions are decided (docs/security.md has the table).
+"""Channel permissions, derived from the channel-kind registry and the server's events.
 
-| channel            | subscribe (and history, presence)          | publish                      |
-|--------------------|--------------------------------------------|------------------------------|
-| global, metrics    | anyone authenticated                       | admin (and the server)       |
-| agents/{id}        | agent {id}, dashboard, admin               | anyone authenticated         |
-| sessions/{id}      | agents of session {id}, dashboard, admin   | same as subscribe            |
-| topics/{name}      | anyone authenticated                       | anyone authenticated         |
+Each kind's rules live with the kind (`ChannelKind` in channels.py); the events reserved to the
+server come from the resources that emit them (app/events.py). This module applies both, for
+REST (`may_subscribe`, `may_publish`: pure functions of a principal and a parsed channel) and
+for WebSocket connections (`Permissions`, which raises FORBIDDEN with a reason). A reserved
+event may be published over REST (`POST /api/events`, the server publish API) by an admin, and
+by no WebSocket client. In open mode a connection's identity is what it claims (agent role with
+an agent_id, dashboard role without), and REST callers act as the server.
 
-System events (task.*, subtask.*, agent.*, metric.*, message.*) are the
-server's: no WebSocket client may publish them anywhere. Over REST (`POST /api/events`, the
-server publish API) an admin may. In open mode a connection's identity is what it claims
-(agent role with an agent_id, dashboard role without), and REST callers act as the server.
+`python -m app.realtime.permissions` prints the table of docs/security.md; with the path of
+that file it rewrites the file's generated block.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import sys
+from pathlib import Path
 
 from app.core.security import Role
-from app.realtime.channels import Channel, ChannelKind
+from app.events import is_reserved, reserved_summary
+from app.events import is_reserved as is_system_event
+from app.realtime.channels import Channel, ChannelKind, Principal
 from app.realtime.connection import Connection
 from app.realtime.protocol import ErrorCode, ProtocolError
 
-SYSTEM_EVENT_PREFIXES = ("task.", "subtask.", "agent.", "metric.")
-SYSTEM_EVENTS = frozenset({"message.new", "message.read", "message.expired"})
-_PRIVILEGED = (Role.DASHBOARD, Role.ADMIN)
+__all__ = [
+    "Permissions",
+    "Principal",
+    "is_system_event",
+    "may_publish",
+    "may_subscribe",
+    "permission_table",
+]
 
 
-def is_system_event(event: str) -> bool:
-    return event.startswith(SYSTEM_EVENT_PREFIXES) or event in SYSTEM_EVENTS
+def _reserved_on(channel: Channel, event: str) -> bool:
+    return channel.kind.reserves_server_events and is_reserved(event)
+
+
+def may_subscribe(identity: Principal, channel: Channel) -> bool:
+    """Whether `identity` may subscribe to `channel` (and read its history and presence)."""
+    return channel.kind.subscribe.allows(identity, channel)
+
+
+def may_publish(identity: Principal, channel: Channel, event: str, *, server_api: bool) -> bool:
+    """Whether `identity` may publish `event` on `channel`; `server_api` for POST /api/events."""
+    if _reserved_on(channel, event):
+        return server_api and identity.role is Role.ADMIN
+    return channel.kind.publish.allows(identity, channel)
 
 
 def _forbidden(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.FORBIDDEN, message)
-
-
-class Principal(Protocol):
-    """Who asks: an `Identity` (REST) or a `Connection` itself (WebSocket, no allocation)."""
-
-    @property
-    def agent_id(self) -> str | None: ...
-
-    @property
-    def session_id(self) -> str | None: ...
-
-    @property
-    def role(self) -> Role: ...
-
-
-def may_subscribe(identity: Principal, channel: Channel) -> bool:
-    kind = channel.kind
-    if kind is ChannelKind.AGENT:
-        return identity.role in _PRIVILEGED or identity.agent_id == channel.id
-    if kind is ChannelKind.SESSION:
-        return identity.role in _PRIVILEGED or (
-            identity.session_id is not None and identity.session_id == channel.id
-        )
-    return True
-
-
-def may_publish(identity: Principal, channel: Channel, event: str, *, server_api: bool) -> bool:
-    if is_system_event(event):
-        return server_api and identity.role is Role.ADMIN
-    kind = channel.kind
-    if kind in (ChannelKind.GLOBAL, ChannelKind.METRICS):
-        return identity.role is Role.ADMIN
-    if kind is ChannelKind.SESSION:
-        return may_subscribe(identity, channel)
-    return True
 
 
 class Permissions:
@@ -80,7 +64,50 @@ class Permissions:
 
     def check_publish(self, connection: Connection, channel: Channel, event: str) -> None:
         """Raise FORBIDDEN when `connection` may not publish `event` on `channel`."""
-        if is_system_event(event):
+        if _reserved_on(channel, event):
             raise _forbidden(f"'{event}' is a system event: only the server publishes it")
-        if not may_publish(connection, channel, event, server_api=False):
+        if not channel.kind.publish.allows(connection, channel):
             raise _forbidden(f"Not allowed to publish on {channel.name}")
+
+
+def permission_table() -> str:
+    """The permission table of docs/security.md, rendered from the registry."""
+    lines = [
+        "| channel | subscribe, `history`, `presence` | publish |",
+        "|---|---|---|",
+    ]
+    for kind in ChannelKind:
+        lines.append(f"| `{kind.pattern}` | {kind.subscribe.text} | {kind.publish.text} |")
+    reserved = [kind for kind in ChannelKind if kind.reserves_server_events]
+    where = (
+        "any channel"
+        if len(reserved) == len(ChannelKind)
+        else "channels of " + ", ".join(f"`{kind.pattern}`" for kind in reserved)
+    )
+    lines += [
+        "",
+        f"System events — {reserved_summary()} —",
+        "are published by the server only (app/events.py declares them, by the resource that",
+        f"emits them): a WebSocket client gets `FORBIDDEN` on {where} and nothing is delivered.",
+        "Over REST (`POST /api/events`, the server publish API) an admin may publish them.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+TABLE_BEGIN = "<!-- permission-table: generated by python -m app.realtime.permissions -->\n"
+TABLE_END = "<!-- /permission-table -->"
+
+
+def write_table(path: Path) -> None:
+    """Replace the generated block of a markdown file (docs/security.md) with the table."""
+    doc = path.read_text()
+    begin = doc.index(TABLE_BEGIN) + len(TABLE_BEGIN)
+    path.write_text(doc[:begin] + permission_table() + doc[doc.index(TABLE_END, begin) :])
+
+
+if __name__ == "__main__":
+    # No argument: print the table; a path (docs/security.md): rewrite its generated block.
+    if len(sys.argv) > 1:
+        write_table(Path(sys.argv[1]))
+    else:
+        print(permission_table(), end="")

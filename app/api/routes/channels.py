@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from app.api.deps import ContextDep
@@ -12,8 +12,20 @@ from app.domain import channels
 from app.domain.channels import HISTORY_LIMIT
 from app.domain.errors import Invalid
 from app.realtime.history import StreamPosition
+from app.schemas import CHANNEL_PATTERN
 
 router = APIRouter(prefix="/api/channels", tags=["channels"])
+
+# The grammar is documented (derived from the registry of kinds) but checked by the domain
+# (domain/channels.readable),
+# which answers the protocol's INVALID_CHANNEL rather than a generic pattern mismatch.
+ChannelPath = Annotated[
+    str,
+    Path(
+        examples=["agents/backend-laravel"],
+        json_schema_extra={"pattern": CHANNEL_PATTERN, "maxLength": 160},
+    ),
+]
 
 
 class PublicationOut(BaseModel):
@@ -79,7 +91,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/{channel:path}/history", response_model=HistoryOut, responses=_ERRORS)
 async def channel_history(
-    channel: str,
+    channel: ChannelPath,
     ctx: ContextDep,
     since_offset: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
     since_epoch: Annotated[str | None, Query(max_length=64)] = None,
@@ -111,6 +123,6 @@ async def channel_history(
 
 
 @router.get("/{channel:path}/presence", response_model=PresenceOut, responses=_ERRORS)
-async def channel_presence(channel: str, ctx: ContextDep) -> Any:
+async def channel_presence(channel: ChannelPath, ctx: ContextDep) -> Any:
     """Who is subscribed to a channel across the cluster, with counts."""
     return await channels.presence(ctx, channel)

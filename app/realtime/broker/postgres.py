@@ -112,25 +112,22 @@ FETCH_SQL = """
 SELECT "offset", epoch, payload FROM broker_publications WHERE id = $1
 """
 
-# Per channel kind: ($2 size, $3 ttl) for global, agents, sessions, topics; metrics keeps 1.
-_KIND_CASE = """
-CASE split_part({col}, '/', 1)
-    WHEN 'global' THEN {g} WHEN 'metrics' THEN {m} WHEN 'agents' THEN {a}
-    WHEN 'sessions' THEN {s} ELSE {t}
-END"""
-
+# Each kind's retention comes as parallel arrays from the registry ($2 namespaces, $3 sizes,
+# $4 TTLs; a singleton kind's channel is its namespace). A channel of a kind missing from them
+# (one a newer node added, mid rolling upgrade) keeps the longest retention of all ($5 size,
+# $6 TTL) rather than borrowing another kind's.
 CLEANUP_SQL = f"""
-WITH expired AS (
+WITH kinds AS (
+    SELECT * FROM unnest($2::text[], $3::bigint[], $4::float8[]) AS k(namespace, size, ttl)
+), expired AS (
     DELETE FROM broker_publications p
-    USING broker_streams s
+    USING broker_streams s LEFT JOIN kinds k ON k.namespace = split_part(s.channel, '/', 1)
     WHERE p.namespace = $1 AND s.namespace = $1 AND p.channel = s.channel
       AND p.created_at < now() - make_interval(secs => {FETCH_GRACE_SECONDS})
       AND (
         p.epoch <> s.epoch
-        OR p."offset" <= s.top_offset
-            - {_KIND_CASE.format(col="p.channel", g="$2", m="1", a="$3", s="$4", t="$5")}
-        OR p.created_at < now() - make_interval(secs =>
-            {_KIND_CASE.format(col="p.channel", g="$6", m="$7", a="$8", s="$9", t="$10")})
+        OR p."offset" <= s.top_offset - COALESCE(k.size, $5::bigint)
+        OR p.created_at < now() - make_interval(secs => COALESCE(k.ttl, $6::float8))
       )
     RETURNING 1
 ), orphans AS (
@@ -144,8 +141,9 @@ WITH expired AS (
 ), idle AS (
     DELETE FROM broker_streams s
     WHERE s.namespace = $1
-      AND s.updated_at < now() - make_interval(secs => GREATEST({STREAM_MIN_TTL},
-            {_KIND_CASE.format(col="s.channel", g="$6", m="$7", a="$8", s="$9", t="$10")}))
+      AND s.updated_at < now() - make_interval(secs => GREATEST({STREAM_MIN_TTL}, COALESCE(
+            (SELECT k.ttl FROM kinds k WHERE k.namespace = split_part(s.channel, '/', 1)),
+            $6::float8)))
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM expired) + (SELECT count(*) FROM orphans)
@@ -320,14 +318,16 @@ class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
     # --- cleanup ----------------------------------------------------------------------------
 
     def _limits(self) -> list[Any]:
-        """CLEANUP_SQL's parameters: namespace, sizes (global, agents, sessions, topics), TTLs."""
-        policy = self._policies.for_channel
-        sizes = [policy(name).size for name in ("global", "agents/x", "sessions/x", "topics/x")]
-        ttls = [
-            float(policy(name).ttl)
-            for name in ("global", "metrics", "agents/x", "sessions/x", "topics/x")
+        """CLEANUP_SQL's parameters: namespace, each kind's retention, the longest retention."""
+        by_kind = self._policies.by_kind
+        return [
+            self._namespace,
+            [kind.value for kind in by_kind],
+            [policy.size for policy in by_kind.values()],
+            [float(policy.ttl) for policy in by_kind.values()],
+            max(policy.size for policy in by_kind.values()),
+            self._policies.max_ttl,
         ]
-        return [self._namespace, *sizes, *ttls]
 
     async def cleanup(self) -> int:
         """Delete publications past their limits and idle streams; rows deleted (one node)."""

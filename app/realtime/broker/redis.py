@@ -466,7 +466,7 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
                 protocol.send(b"UNSUBSCRIBE", self._pub_prefix + channel.encode())
 
     async def publish(self, publication: Publication) -> Publication:
-        policy = self._policies.for_channel(publication.channel)
+        policy = self._policies.by_kind[publication.kind]
         publication.origin = self._node_id
         meta, stream, pubsub = self._keys(publication.channel)
         try:
