@@ -31,8 +31,10 @@ from app.api.routes import (
     channels,
     events,
     health,
+    inbox,
     messages,
     metrics,
+    reservations,
     sessions,
     subtasks,
     tasks,
@@ -80,7 +82,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(health.router)
     # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
-    routers = (sessions, agents, tasks, subtasks, messages, actions, events, metrics, channels)
+    routers = (
+        sessions,
+        agents,
+        inbox,
+        tasks,
+        subtasks,
+        messages,
+        reservations,
+        actions,
+        events,
+        metrics,
+        channels,
+    )
     for module in routers:
         app.include_router(module.router, dependencies=[Depends(require_identity)])
     install_error_handlers(app)

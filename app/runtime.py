@@ -2,11 +2,11 @@
 
     build: engine → sessionmaker → agent recorder → broker, cluster
            → ConnectionManager(hooks=DatabaseHooks)  → bridge (woken by the sessionmaker's
-           commits, app/db/engine.on_commit) → sweeper → metrics
+           commits, app/db/engine.on_commit) → sweepers → metrics
     start: migrations (MIGRATE_ON_START) → manager (broker, cluster) → agent recorder → bridge
-           → TTL sweeper → metrics
-    stop:  clients drained (1012) → metrics → sweeper → bridge → agent recorder (its final
-           flush writes the drain's disconnects) → manager → engine
+           → TTL sweeper → lease and reservation expiry → metrics
+    stop:  clients drained (1012) → metrics → expiry → sweeper → bridge → agent recorder (its
+           final flush writes the drain's disconnects) → manager → engine
 
 `app.main.lifespan` runs one `Runtime` for every surface of the process. The realtime core
 gets what it needs from storage through `DatabaseHooks`, given at construction; the front
@@ -36,7 +36,7 @@ from app.realtime.connection import Connection
 from app.realtime.manager import ConnectionManager
 from app.realtime.permissions import Principal
 from app.realtime.protocol import ErrorCode, ProtocolError
-from app.sweeper import MessageSweeper
+from app.sweeper import ExpirySweeper, MessageSweeper
 
 logger = logging.getLogger("context_manager.runtime")
 
@@ -88,6 +88,7 @@ class Runtime:
             self.bridge.wake,
             events_retention=settings.events_retention,
         )
+        self.expiry = ExpirySweeper(self.sessionmaker, settings.lease_sweep_interval)
         bridge = self.bridge
         self.metrics = MetricsTask(
             self.engine,
@@ -107,7 +108,7 @@ class Runtime:
             await migrate(self.engine)
         await self.manager.start()
         self._started.append(self.manager)
-        for part in (self.agents, self.bridge, self.sweeper, self.metrics):
+        for part in (self.agents, self.bridge, self.sweeper, self.expiry, self.metrics):
             await part.start()
             self._started.append(part)
 

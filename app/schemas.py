@@ -446,6 +446,59 @@ class InboxPosition(BaseModel):
     last_seq: int = Field(description="The seq of the newest message to the agent.")
 
 
+# --- reservations ----------------------------------------------------------------------------
+
+# A workspace path or glob (app/domain/paths.py); normalised by the domain.
+PathPattern = Annotated[Text, StringConstraints(min_length=1, max_length=500)]
+
+
+class ReservationCreate(Input):
+    agent_id: Id | None = Field(
+        None, description="Who reserves; with an agent's token, that agent (another value: 403)."
+    )
+    paths: Annotated[list[PathPattern], Field(min_length=1, max_length=100)] = Field(
+        description="Files, directories (everything under them) or globs (`*`, `?`, `**`)."
+    )
+    exclusive: bool = Field(
+        True,
+        description="Exclusive: nobody else may hold an overlapping one. Shared: only "
+        "others' exclusive ones conflict.",
+    )
+    ttl_seconds: int = Field(3600, strict=True, ge=1, le=7 * 86400)
+    reason: LongText | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"agent_id": "coder-1", "paths": ["src/api/**", "README.md"]}]
+        }
+    )
+
+
+class ReservationRenew(Input):
+    ttl_seconds: int | None = Field(None, strict=True, ge=1, le=7 * 86400)
+
+
+class ReservationOut(BaseModel):
+    id: str
+    agent_id: str
+    paths: list[str]
+    exclusive: bool
+    reason: str | None
+    created_at: Timestamp
+    expires_at: Timestamp
+    released_at: Timestamp | None
+    expired_at: Timestamp | None
+    active: bool
+
+
+class ReservationConflict(BaseModel):
+    """409 RESERVATION_CONFLICT: nothing was reserved; these stand in the way."""
+
+    detail: str
+    code: str = Field(examples=["RESERVATION_CONFLICT"])
+    conflicts: list[ReservationOut]
+
+
 class ActionCreate(Input):
     id: Id | None = Field(None, description="Chosen by the client, or generated (`act_…`).")
     agent_id: Id | None = Field(

@@ -1,4 +1,5 @@
-"""Periodic clean-up on the database: message TTL (each expiry exactly once) and outbox pruning.
+"""Periodic clean-up on the database: message TTL (each expiry exactly once), outbox pruning,
+and the expiry of task leases and path reservations (`ExpirySweeper`).
 
 Expiry is one UPDATE setting `expired_at` on rows where it is still NULL; the row's trigger
 writes the one `message.expired` event and the bridge delivers it. Exactly once holds with
@@ -26,16 +27,18 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.tasks import cancel_and_wait
 from app.db.models import BridgeCursor, Event, Message
 from app.db.types import utcnow
+from app.domain import claims, reservations
 
 logger = logging.getLogger("context_manager.sweeper")
 
 SWEEP_LOCK = 0x636D7377  # "cmsw"
 PRUNE_LOCK = 0x636D7072  # "cmpr"
+EXPIRY_LOCK = 0x636D6C65  # "cmle": leases and reservations
 SWEEP_BATCH = 1000  # rows per transaction, so a backlog does not make one huge transaction
 PRUNE_BATCH = 5000
 PRUNE_INTERVAL = 60.0  # seconds between outbox prunings; retention is counted in days
@@ -166,3 +169,51 @@ class MessageSweeper:
                 )
             )
         return int(result.rowcount or 0)
+
+
+class ExpirySweeper:
+    """Leases and reservations past their time, ended by one process at a time.
+
+    Every LEASE_SWEEP_INTERVAL seconds: expired leases send their tasks back to pending (or
+    fail them on their last attempt; task.lease_expired) and expired reservations are marked
+    (reservation.expired), each in a transaction holding EXPIRY_LOCK on PostgreSQL so that
+    the nodes of a cluster do not race each other (the rows' compare-and-set makes a second
+    sweeper harmless anyway; the lock saves it the work). The commits wake the bridge.
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], interval: float) -> None:
+        self.sessionmaker = sessionmaker
+        self.interval = interval
+        self.leases_expired = 0
+        self.reservations_expired = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="expiry-sweeper")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the database may be back next round
+                logger.exception("lease/reservation expiry failed; retrying next round")
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self) -> tuple[int, int]:
+        """End what is due now; (leases, reservations) ended by this call."""
+        leases = done = 0
+        async with self.sessionmaker() as db:
+            if await _try_lock(await db.connection(), EXPIRY_LOCK):
+                leases = await claims.expire_leases(db)
+        async with self.sessionmaker() as db:
+            if await _try_lock(await db.connection(), EXPIRY_LOCK):
+                done = await reservations.expire(db)
+        self.leases_expired += leases
+        self.reservations_expired += done
+        return leases, done

@@ -84,7 +84,8 @@ async def _handle_domain(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     if isinstance(exc, Invalid):
         return invalid(exc.loc, exc.message, exc.code)
-    return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=domain_status(exc))
+    body = {"detail": exc.message, "code": exc.code, **exc.details}
+    return JSONResponse(body, status_code=domain_status(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds outbox rows (`events`) are kept once every bridge is past them.",
     )
+    lease_sweep_interval: float = Field(
+        1.0, gt=0, description="Seconds between checks for expired task leases and reservations."
+    )
     bridge_batch: int = Field(
         500, gt=0, le=10_000, description="Outbox rows the bridge reads per query."
     )

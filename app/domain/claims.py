@@ -19,22 +19,18 @@ so whatever a holder writes elsewhere can carry it and be told apart from an old
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-from sqlalchemy import ColumnElement, and_, cast, exists, func, or_, select, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from app.core.security import Role
-from app.db.models import Task, TaskDependency, TaskStatus
+from app.db.models import Task, TaskStatus
 from app.db.types import utcnow
 from app.domain import access
 from app.domain.context import Context
-from app.domain.dependencies import settle_dependents
+from app.domain.dependencies import claimable, settle_dependents
 from app.domain.errors import Conflict, Forbidden, NotFound
 from app.domain.tasks import LEASE_LOST, lease_out, task_out
 from app.schemas import Claimed, ClaimRequest, TaskOut
@@ -42,51 +38,6 @@ from app.schemas import Claimed, ClaimRequest, TaskOut
 
 def new_lease_id() -> str:
     return f"lease_{uuid.uuid4().hex}"
-
-
-# --- what is ready ---------------------------------------------------------------------------
-
-
-def _covered(db: AsyncSession, capabilities: Sequence[str]) -> ColumnElement[bool]:
-    """The task's capabilities are all among the claimer's."""
-    if db.get_bind().dialect.name == "postgresql":
-        have = cast(orjson.dumps(sorted(set(capabilities))).decode(), JSONB)
-        return or_(Task.capabilities.is_(None), Task.capabilities.op("<@")(have))
-    needed = func.json_each(Task.capabilities).table_valued("value").alias("needed")
-    missing = select(needed.c.value).where(needed.c.value.not_in(list(capabilities))).exists()
-    return or_(Task.capabilities.is_(None), ~missing)
-
-
-def _dependencies_done() -> ColumnElement[bool]:
-    dep = aliased(Task)
-    unfinished = (
-        select(TaskDependency.task_id)
-        .join(dep, dep.id == TaskDependency.depends_on)
-        .where(TaskDependency.task_id == Task.id, dep.status != TaskStatus.COMPLETED.value)
-    )
-    return ~exists(unfinished)
-
-
-def ready(
-    db: AsyncSession,
-    capabilities: Sequence[str] | None = None,
-    agent_id: str | None = None,
-    session_id: str | None = None,
-) -> list[ColumnElement[bool]]:
-    """Conditions of a claimable task (for `capabilities` and `agent_id` when given)."""
-    conditions = [
-        Task.status == TaskStatus.PENDING.value,
-        Task.attempts < Task.max_attempts,
-        _dependencies_done(),
-    ]
-    if capabilities is not None:
-        conditions.append(_covered(db, capabilities))
-    if agent_id is not None:
-        # Unassigned, or assigned to this claimer.
-        conditions.append(or_(Task.agent_id.is_(None), Task.agent_id == agent_id))
-    if session_id is not None:
-        conditions.append(Task.session_id == session_id)
-    return conditions
 
 
 # --- claiming --------------------------------------------------------------------------------
@@ -97,7 +48,7 @@ async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed 
     db = ctx.db
     pick = (
         select(Task.id)
-        .where(*ready(db, body.capabilities, agent_id, body.session_id))
+        .where(*claimable(db, body.capabilities, agent_id, body.session_id))
         .order_by(Task.priority.desc(), Task.created_at, Task.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=Task)

@@ -4,7 +4,7 @@
   dependency that did not complete, or a cycle is refused (422).
 - `ready_at` records when the last dependency completed (the trigger then writes
   `task.ready`); it is NULL while one is unfinished. The claim query does not trust it: it
-  checks the dependencies themselves (claims.READY), so a raw SQL writer cannot make a task
+  checks the dependencies themselves (`claimable`), so a raw SQL writer cannot make a task
   claimable early.
 - When a task fails or is cancelled for good, every pending task that depends on it, directly
   or not, is cancelled with the reason — in the same transaction.
@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -144,3 +145,48 @@ async def _cancel_dependents(db: AsyncSession, task_id: str, status: str) -> Non
             .execution_options(synchronize_session=False)
         )
         frontier.extend((ident, TaskStatus.CANCELLED.value) for ident in dependents)
+
+
+# --- what is claimable ----------------------------------------------------------------------
+
+
+def _covered(db: AsyncSession, capabilities: Sequence[str]) -> ColumnElement[bool]:
+    """The task's capabilities are all among the claimer's."""
+    if db.get_bind().dialect.name == "postgresql":
+        have = bindparam(None, sorted(set(capabilities)), type_=JSONB)
+        return or_(Task.capabilities.is_(None), Task.capabilities.op("<@")(have))
+    needed = func.json_each(Task.capabilities).table_valued("value").alias("needed")
+    missing = select(needed.c.value).where(needed.c.value.not_in(list(capabilities))).exists()
+    return or_(Task.capabilities.is_(None), ~missing)
+
+
+def _dependencies_done() -> ColumnElement[bool]:
+    dep = aliased(Task)
+    unfinished = (
+        select(TaskDependency.task_id)
+        .join(dep, dep.id == TaskDependency.depends_on)
+        .where(TaskDependency.task_id == Task.id, dep.status != TaskStatus.COMPLETED.value)
+    )
+    return ~exists(unfinished)
+
+
+def claimable(
+    db: AsyncSession,
+    capabilities: Sequence[str] | None = None,
+    agent_id: str | None = None,
+    session_id: str | None = None,
+) -> list[ColumnElement[bool]]:
+    """Conditions of a claimable task (for `capabilities` and `agent_id` when given)."""
+    conditions = [
+        Task.status == TaskStatus.PENDING.value,
+        Task.attempts < Task.max_attempts,
+        _dependencies_done(),
+    ]
+    if capabilities is not None:
+        conditions.append(_covered(db, capabilities))
+    if agent_id is not None:
+        # Unassigned, or assigned to this claimer.
+        conditions.append(or_(Task.agent_id.is_(None), Task.agent_id == agent_id))
+    if session_id is not None:
+        conditions.append(Task.session_id == session_id)
+    return conditions

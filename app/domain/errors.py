@@ -14,17 +14,23 @@ conflict carries the code a client acts on (`FINISHED`, `MESSAGE_EXPIRED`, `CONF
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DomainError(Exception):
     """A request the domain refuses; `code` is stable, `message` is for people."""
 
     code = "ERROR"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, code: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        # More for the client beside detail and code (e.g. a conflict's `conflicts`).
+        self.details = details or {}
 
 
 class NotFound(DomainError):

@@ -126,12 +126,15 @@ async def list_tasks(
     status: TaskStatus | None = None,
     agent_id: str | None = None,
     session_id: str | None = None,
+    ready: bool = False,
     limit: int = 50,
     cursor: str | None = None,
     order: pagination.Order = pagination.Order.ASC,
 ) -> Page[TaskOut]:
-    """Tasks by creation time, filtered by any of status, assignee, session."""
+    """Tasks by creation time, filtered by any of status, assignee, session, claimable."""
     query = select(Task).where(*task_filters(status, agent_id, session_id))
+    if ready:
+        query = query.where(*dependencies.claimable(ctx.db))
     rows, next_cursor = await pagination.page(
         ctx.db, query, Task.created_at, Task.id, limit, cursor, order
     )

@@ -1,0 +1,261 @@
+"""Claiming tasks with leases, dependencies and capabilities — over REST, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.server import Service
+from tests.conftest import Client, ClientFactory, ServiceFactory
+from tests.databases import BACKENDS, api, data_settings, fresh_database
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with fresh_database(request, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def service(database_url: str, start_service: ServiceFactory) -> Service:
+    return await start_service(**data_settings(database_url, lease_sweep_interval=0.2))
+
+
+async def task(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await http.post("/api/tasks", json={"title": "t", **body})
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def claim(http: httpx.AsyncClient, agent: str = "w1", **body: Any) -> dict[str, Any] | None:
+    response = await http.post("/api/tasks/claim", json={"agent_id": agent, **body})
+    if response.status_code == 204:
+        return None
+    assert response.status_code == 200, response.text
+    claimed: dict[str, Any] = response.json()
+    return claimed
+
+
+async def events(client: Client, count: int) -> list[dict[str, Any]]:
+    return [await client.next_event() for _ in range(count)]
+
+
+async def test_claim_takes_the_best_ready_task_under_a_lease(
+    service: Service, ws_client: ClientFactory
+) -> None:
+    watcher = await ws_client(service)
+    await watcher.subscribe("global")
+    async with api(service) as http:
+        low = await task(http, id="low", priority=1)
+        high = await task(http, id="high", priority=5)
+        older = await task(http, id="older", priority=5)
+        assert high["ready_at"] is not None and high["lease"] is None and high["attempts"] == 0
+        await events(watcher, 3)
+
+        first = await claim(http, lease_seconds=60)
+        assert first is not None
+        assert first["task"]["id"] == "high"  # highest priority; then the oldest
+        lease = first["lease"]
+        assert (
+            lease["agent_id"] == "w1" and lease["fence"] == 1 and lease["id"].startswith("lease_")
+        )
+        assert first["task"]["status"] == "in_progress" and first["task"]["attempts"] == 1
+        assert first["task"]["lease"] == lease
+        claimed = await watcher.next_event()
+        assert claimed["event"] == "task.claimed" and claimed["data"]["task_id"] == "high"
+        assert claimed["data"]["lease"]["agent_id"] == "w1"
+
+        second = await claim(http, "w2")
+        assert second is not None and second["task"]["id"] == "older"
+        third = await claim(http, "w3")
+        assert third is not None and third["task"]["id"] == low["id"]
+        assert await claim(http, "w4") is None  # nothing ready: 204
+        ready = (await http.get("/api/tasks", params={"ready": "true"})).json()["items"]
+        assert ready == []
+        assert older["id"] == "older"
+
+
+async def test_a_claimer_waits_for_a_task(service: Service) -> None:
+    async with api(service) as http:
+        waiting = asyncio.create_task(claim(http, wait_seconds=10))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        started = time.monotonic()
+        await task(http, id="late")
+        claimed = await asyncio.wait_for(waiting, 5)
+        assert claimed is not None and claimed["task"]["id"] == "late"
+        assert time.monotonic() - started < 2.0  # woken by task.created, not a timeout
+        # Nothing comes: 204 once the wait is over.
+        started = time.monotonic()
+        assert await claim(http, wait_seconds=0.5) is None
+        assert 0.4 < time.monotonic() - started < 3
+
+
+async def test_dependencies_gate_claims_and_settle_dependents(
+    service: Service, ws_client: ClientFactory
+) -> None:
+    watcher = await ws_client(service)
+    await watcher.subscribe("global")
+    async with api(service) as http:
+        await task(http, id="build")
+        test = await task(http, id="test", depends_on=["build"])
+        assert test["depends_on"] == ["build"] and test["ready_at"] is None
+        await task(http, id="ship", depends_on=["test", "build"])
+        ready = (await http.get("/api/tasks", params={"ready": "true"})).json()["items"]
+        assert [t["id"] for t in ready] == ["build"]
+
+        for bad, code in (
+            (["nope"], "UNKNOWN_DEPENDENCY"),
+            (["build", "nope"], "UNKNOWN_DEPENDENCY"),
+        ):
+            refused = await http.post("/api/tasks", json={"title": "x", "depends_on": bad})
+            assert refused.status_code == 422 and refused.json()["code"] == code
+        cycle = await http.patch("/api/tasks/build", json={"depends_on": ["ship"]})
+        assert cycle.status_code == 422 and cycle.json()["code"] == "DEPENDENCY_CYCLE"
+        itself = await http.patch("/api/tasks/build", json={"depends_on": ["build"]})
+        assert itself.status_code == 422 and itself.json()["code"] == "DEPENDENCY_CYCLE"
+
+        claimed = await claim(http)
+        assert claimed is not None and claimed["task"]["id"] == "build"
+        assert await claim(http, "w2") is None  # test waits for build
+        # A dependency cannot change once the task is claimed.
+        await task(http, id="extra")
+        busy = await http.patch("/api/tasks/build", json={"depends_on": ["extra"]})
+        assert busy.status_code == 409
+        await drain(watcher)
+        done = await http.post(
+            "/api/tasks/build/complete", json={"lease_id": claimed["lease"]["id"], "result": 1}
+        )
+        assert done.status_code == 200 and done.json()["status"] == "completed"
+        names = {(e["event"], e["data"]["task_id"]) for e in await events(watcher, 2)}
+        assert names == {("task.completed", "build"), ("task.ready", "test")}
+        assert (await http.get("/api/tasks/test")).json()["ready_at"] is not None
+        assert (await http.get("/api/tasks/ship")).json()["ready_at"] is None
+
+        # A failed dependency cancels its dependents, transitively.
+        claimed = await claim(http)
+        assert claimed is not None and claimed["task"]["id"] == "test"
+        await http.post(
+            "/api/tasks/test/fail",
+            json={"lease_id": claimed["lease"]["id"], "error": "red", "retry": False},
+        )
+        ship = (await http.get("/api/tasks/ship")).json()
+        assert ship["status"] == "cancelled" and ship["error"] == "dependency test failed"
+        late = await http.post("/api/tasks", json={"title": "x", "depends_on": ["test"]})
+        assert late.status_code == 422 and late.json()["code"] == "DEPENDENCY_FAILED"
+
+
+async def drain(client: Client) -> None:
+    while True:
+        try:
+            await client.recv(0.3)
+        except TimeoutError:
+            return
+
+
+async def test_capabilities_must_be_covered(service: Service) -> None:
+    async with api(service) as http:
+        await task(http, id="sql", capabilities=["python", "sql"])
+        assert await claim(http, capabilities=["python"]) is None
+        assert await claim(http) is None
+        got = await claim(http, capabilities=["sql", "go", "python"])
+        assert got is not None and got["task"]["capabilities"] == ["python", "sql"]
+        # A task assigned to someone is theirs to claim.
+        await task(http, id="mine", agent_id="w9")
+        assert await claim(http, "w1") is None
+        assert (await claim(http, "w9") or {}).get("task", {}).get("id") == "mine"
+
+
+async def test_lease_operations_and_lease_lost(service: Service, ws_client: ClientFactory) -> None:
+    watcher = await ws_client(service)
+    await watcher.subscribe("global")
+    async with api(service) as http:
+        await task(http, id="job", max_attempts=2)
+        first = await claim(http, lease_seconds=1)
+        assert first is not None
+        lease = first["lease"]["id"]
+        renewed = await http.post("/api/tasks/job/lease", json={"lease_id": lease})
+        assert renewed.status_code == 200
+        assert renewed.json()["lease"]["expires_at"] >= first["lease"]["expires_at"]
+        # Let it expire: the sweeper sends the task back to pending.
+        await drain(watcher)
+        expired = await watcher.next_event("task.lease_expired", timeout=5)
+        assert expired["data"]["status"] == "pending" and expired["data"]["lease"] is None
+        for action, body in (
+            ("complete", {"lease_id": lease}),
+            ("fail", {"lease_id": lease, "error": "x"}),
+            ("release", {"lease_id": lease}),
+            ("lease", {"lease_id": lease}),
+        ):
+            lost = await http.post(f"/api/tasks/job/{action}", json=body)
+            assert lost.status_code == 409 and lost.json()["code"] == "LEASE_LOST", action
+        after = (await http.get("/api/tasks/job")).json()
+        assert after["status"] == "pending" and after["attempts"] == 1 and after["result"] is None
+
+        # The second claim has a new fence; its holder may complete; the old one still not.
+        second = await claim(http, "w2", lease_seconds=30)
+        assert second is not None and second["lease"]["fence"] == 2
+        assert second["task"]["attempts"] == 2
+        forged = await http.post("/api/tasks/job/complete", json={"lease_id": lease})
+        assert forged.status_code == 409
+        # Failing the last attempt with retry: attempts are used up, so failed.
+        failed = await http.post(
+            "/api/tasks/job/fail", json={"lease_id": second["lease"]["id"], "error": "boom"}
+        )
+        assert failed.json()["status"] == "failed" and failed.json()["error"] == "boom"
+
+
+async def test_release_fail_retry_and_patch_need_the_lease(service: Service) -> None:
+    async with api(service) as http:
+        await task(http, id="r", max_attempts=3)
+        held = await claim(http)
+        assert held is not None
+        lease = held["lease"]["id"]
+        # PATCH of the status of a leased task needs its lease.
+        refused = await http.patch("/api/tasks/r", json={"status": "completed"})
+        assert refused.status_code == 409 and refused.json()["code"] == "LEASE_LOST"
+        retitled = await http.patch("/api/tasks/r", json={"title": "renamed"})
+        assert retitled.status_code == 200  # other fields are free
+        released = await http.post("/api/tasks/r/release", json={"lease_id": lease})
+        body = released.json()
+        assert body["status"] == "pending" and body["attempts"] == 0 and body["lease"] is None
+
+        held = await claim(http)
+        assert held is not None
+        retry = await http.post(
+            "/api/tasks/r/fail", json={"lease_id": held["lease"]["id"], "error": "flaky"}
+        )
+        assert retry.json()["status"] == "pending" and retry.json()["attempts"] == 1
+
+        held = await claim(http)
+        assert held is not None
+        done = await http.patch(
+            "/api/tasks/r", json={"status": "completed", "lease_id": held["lease"]["id"]}
+        )
+        assert done.status_code == 200
+        assert done.json()["status"] == "completed" and done.json()["lease"] is None
+
+
+async def test_heartbeat_renews_leases_and_last_attempt_expiry_fails(service: Service) -> None:
+    async with api(service) as http:
+        await http.post("/api/agents", json={"id": "w1"})
+        await task(http, id="long")
+        await task(http, id="once", max_attempts=1)
+        long = await claim(http, lease_seconds=1)
+        assert long is not None and long["task"]["id"] == "long"
+        once = await claim(http, "w2", lease_seconds=1)
+        assert once is not None
+        for _ in range(6):  # 1.5 s of heartbeats keep w1's 1 s lease alive
+            assert (await http.post("/api/agents/w1/heartbeat")).status_code == 200
+            await asyncio.sleep(0.25)
+        still = (await http.get("/api/tasks/long")).json()
+        assert still["status"] == "in_progress" and still["lease"] is not None
+        gone = (await http.get("/api/tasks/once")).json()
+        assert gone["status"] == "failed" and "lease expired" in gone["error"]
