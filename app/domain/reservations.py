@@ -112,13 +112,11 @@ async def reserve(ctx: Context, body: ReservationCreate) -> ReservationOut:
     ).all()
     blocking = _conflicts(list(others), agent_id, patterns, body.exclusive)
     if blocking:
-        await db.rollback()
+        # Shaped before the rollback, which expires the rows.
+        conflicts = [reservation_out(r, now).model_dump(mode="json") for r in blocking]
         holders = ", ".join(sorted({r.agent_id for r in blocking}))
-        raise Conflict(
-            f"Reserved by {holders}",
-            CONFLICT,
-            {"conflicts": [reservation_out(r, now).model_dump(mode="json") for r in blocking]},
-        )
+        await db.rollback()
+        raise Conflict(f"Reserved by {holders}", CONFLICT, {"conflicts": conflicts})
     await db.commit()
     ctx.presence.touch(agent_id, create=True)
     return reservation_out(row, now)
