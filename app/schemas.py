@@ -90,6 +90,11 @@ Timestamp = Annotated[datetime, PlainSerializer(iso_ms, return_type=str, when_us
 Capability = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$", max_length=64)]
 Capabilities = Annotated[list[Capability], Field(max_length=50)]
 DependsOn = Annotated[list[Id], Field(max_length=100)]
+Activity = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$"),
+    Field(description="In a word: idle, working, blocked, …", examples=["working"]),
+]
 MaxAttempts = Annotated[int, Field(strict=True, ge=1, le=100)]
 LeaseId = Annotated[str, StringConstraints(pattern=r"^lease_[0-9a-f]{32}$")]
 LeaseSeconds = Annotated[int, Field(strict=True, ge=1, le=3600)]
@@ -168,12 +173,24 @@ class AgentCreate(Input):
     name: Name | None = None
     kind: Kind | None = Field(None, description="What sort of agent: e.g. `backend-laravel`.")
     metadata: JsonObject | None = None
+    capabilities: Capabilities | None = Field(
+        None, description="What it can do; a claim without capabilities uses these."
+    )
+    summary: LongText | None = Field(None, description="What it is working on, in its words.")
+    activity: Activity | None = None
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [{"id": "backend-laravel", "name": "Laravel backend", "kind": "coder"}]
         }
     )
+
+
+class AgentHeartbeat(Input):
+    """What a heartbeat may say besides "alive" (both optional)."""
+
+    activity: Activity | None = None
+    summary: LongText | None = None
 
 
 class AgentOut(BaseModel):
@@ -187,6 +204,9 @@ class AgentOut(BaseModel):
     metadata: Any = None
     created_at: Timestamp
     updated_at: Timestamp
+    capabilities: list[str] = Field(default_factory=list)
+    summary: str | None = None
+    activity: str | None = None
 
 
 # --- tasks and subtasks ----------------------------------------------------------------------

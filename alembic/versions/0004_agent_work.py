@@ -1,6 +1,7 @@
 """Work for agents that hold no socket: claims with leases, dependencies, the inbox, path
 reservations and idempotency keys (app/domain/claims.py, inbox.py, reservations.py).
 
+- agents gain capabilities, summary and activity (what they say of themselves).
 - tasks gain capabilities, attempts, max_attempts, ready_at and the lease columns; the task
   trigger names the event after what changed: ``task.claimed`` (a new fence),
   ``task.lease_expired`` / ``task.released`` (a lease ended that way), ``task.ready`` (the last
@@ -370,11 +371,21 @@ def _added_message_columns() -> list[sa.Column[object]]:
     ]
 
 
+def _added_agent_columns() -> list[sa.Column[object]]:
+    return [
+        sa.Column("capabilities", base._json(), nullable=True),
+        sa.Column("summary", sa.Text(), nullable=True),
+        sa.Column("activity", sa.String(32), nullable=True),
+    ]
+
+
 def upgrade() -> None:
     # Plain ADD / DROP COLUMN (SQLite has both): a batch rebuild would rename tables that
     # other tables' triggers name, which SQLite refuses.
     for column in _added_task_columns():
         op.add_column("tasks", column)
+    for column in _added_agent_columns():
+        op.add_column("agents", column)
     # Tasks of before this revision had no dependencies: claimable since they were created.
     # Not an event (SQLite's trigger of 0001 does not watch ready_at; PostgreSQL's is paused).
     postgres = op.get_bind().dialect.name == "postgresql"
@@ -493,6 +504,8 @@ def downgrade() -> None:
         op.drop_index(index, "tasks")
     for column in _added_task_columns():
         op.drop_column("tasks", column.name)
+    for column in _added_agent_columns():
+        op.drop_column("agents", column.name)
     if op.get_bind().dialect.name != "postgresql":
         for statement in base._sqlite_triggers():
             if statement.split()[2] in SQLITE_REPLACED:

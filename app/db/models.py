@@ -117,6 +117,11 @@ class Agent(Base):
     metadata_: Mapped[Any] = mapped_column("metadata", JSONValue, nullable=True)
     created_at: Mapped[datetime] = _stamped()
     updated_at: Mapped[datetime] = _stamped()
+    # What the agent says of itself (migration 0004): what it can do (a claim's default
+    # capabilities), what it is doing, and in a word how (idle, working, blocked, …).
+    capabilities: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    summary: Mapped[str | None] = mapped_column(Text)
+    activity: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         CheckConstraint(_in("status", AgentStatus), name="status"),

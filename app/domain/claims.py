@@ -26,7 +26,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.security import Role
-from app.db.models import Task, TaskStatus
+from app.db.models import Agent, Task, TaskStatus
 from app.db.types import utcnow
 from app.domain import access
 from app.domain.context import Context
@@ -96,6 +96,12 @@ async def claim(ctx: Context, body: ClaimRequest) -> Claimed | None:
     ready (woken by the task events the bridge publishes, on any node)."""
     agent_id = access.acting_agent(ctx.actor, body.agent_id, "agent_id")
     ctx.presence.touch(agent_id, create=True)
+    if "capabilities" not in body.model_fields_set:
+        # Not said: what the agent declared when it registered.
+        agent = await ctx.db.get(Agent, agent_id)
+        if agent is not None and agent.capabilities:
+            body = body.model_copy(update={"capabilities": list(agent.capabilities)})
+        await ctx.db.rollback()
     if body.wait_seconds <= 0:
         return await try_claim(ctx, agent_id, body)
     async with ctx.realtime.watch("global", _may_free_a_task, body.wait_seconds) as watch:

@@ -11,7 +11,7 @@ from app.api.errors import responses
 from app.db.models import AgentStatus
 from app.domain import agents
 from app.domain.pagination import Order
-from app.schemas import AgentCreate, AgentOut, Page
+from app.schemas import AgentCreate, AgentHeartbeat, AgentOut, Capability, Page
 
 router = APIRouter(prefix="/api/agents", tags=["agents"])
 
@@ -38,13 +38,23 @@ async def register_agent(body: AgentCreate, response: Response, ctx: ContextDep)
 async def list_agents(
     ctx: ContextDep,
     status: Annotated[AgentStatus | None, Query()] = None,
+    capability: Annotated[Capability | None, Query(description="Only agents that have it.")] = None,
+    online: Annotated[bool | None, Query(description="true: only agents online now.")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
     order: OrderQuery = Order.ASC,
 ) -> Page[AgentOut]:
     """Agents by registration time, oldest first (`order=desc`: newest first), each with its
     live status (connections on this node)."""
-    return await agents.list_agents(ctx, status=status, limit=limit, cursor=cursor, order=order)
+    return await agents.list_agents(
+        ctx,
+        status=status,
+        capability=capability,
+        online_only=online is True,
+        limit=limit,
+        cursor=cursor,
+        order=order,
+    )
 
 
 @router.get("/{agent_id}", response_model=AgentOut, responses=responses(404))
@@ -54,7 +64,10 @@ async def get_agent(agent_id: PathId, ctx: ContextDep) -> AgentOut:
 
 
 @router.post("/{agent_id}/heartbeat", response_model=AgentOut, responses=responses(403, 404))
-async def heartbeat(agent_id: PathId, ctx: ContextDep) -> AgentOut:
-    """Mark the agent alive now: last_seen is written in the next batch; agent.heartbeat
-    (at most one per HEARTBEAT_INTERVAL). An agent heartbeats only itself."""
-    return await agents.heartbeat(ctx, agent_id)
+async def heartbeat(
+    agent_id: PathId, ctx: ContextDep, body: AgentHeartbeat | None = None
+) -> AgentOut:
+    """Mark the agent alive now: last_seen is written in the next batch, every lease it holds
+    is renewed, agent.heartbeat (at most one per HEARTBEAT_INTERVAL); the body may say what it
+    is doing. An agent heartbeats only itself."""
+    return await agents.heartbeat(ctx, agent_id, body)
