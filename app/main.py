@@ -24,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api.auth import require_identity
 from app.api.errors import install_error_handlers
+from app.api.idempotency import Idempotency
 from app.api.middleware import BodySizeLimit
 from app.api.routes import (
     actions,
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in routers:
         app.include_router(module.router, dependencies=[Depends(require_identity)])
     install_error_handlers(app)
+    # Outermost last: the body limit, then CORS, then idempotency (it reads bounded bodies).
+    app.add_middleware(Idempotency, root=app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins or ["*"],

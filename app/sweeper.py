@@ -30,7 +30,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.tasks import cancel_and_wait
-from app.db.models import BridgeCursor, Event, Message
+from app.db.models import IDEMPOTENCY_TTL, BridgeCursor, Event, IdempotencyKey, Message
 from app.db.types import utcnow
 from app.domain import claims, reservations
 
@@ -214,6 +214,12 @@ class ExpirySweeper:
         async with self.sessionmaker() as db:
             if await _try_lock(await db.connection(), EXPIRY_LOCK):
                 done = await reservations.expire(db)
+        async with self.sessionmaker() as db:
+            # Idempotency keys past their 24 hours (api/idempotency.py ignores them already).
+            await db.execute(
+                delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - IDEMPOTENCY_TTL)
+            )
+            await db.commit()
         self.leases_expired += leases
         self.reservations_expired += done
         return leases, done

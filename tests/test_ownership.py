@@ -316,3 +316,46 @@ async def test_websocket_direct_message_is_sent_as_the_connection(
     assert ack["type"] == "ack", ack
     stored = await board.admin("GET", f"/api/messages/{ack['message_id']}")
     assert stored["from_agent"] == "a" and stored["to_agent"] == "b"
+
+
+async def test_agent_work_ownership(board: Board) -> None:
+    """Claims, leases, the inbox and reservations: an agent acts only as itself."""
+    # b claims its task (t-b is assigned to b); a may not use b's lease.
+    held = await board.call("b", "POST", "/api/tasks/claim", {"capabilities": []})
+    assert held.status_code == 200, held.text
+    lease = held.json()["lease"]["id"]
+    task_id = held.json()["task"]["id"]
+    reserved = await board.call("b", "POST", "/api/reservations", {"paths": ["src/b/**"]})
+    assert reserved.status_code == 201
+    reservation = reserved.json()["id"]
+    await board.check(
+        [
+            Cell("a", "POST", "/api/tasks/claim", 403, {"agent_id": "b"}),
+            Cell("dashboard", "POST", "/api/tasks/claim", 403, {}),
+            Cell("a", "POST", f"/api/tasks/{task_id}/complete", 403, {"lease_id": lease}),
+            Cell("a", "POST", f"/api/tasks/{task_id}/fail", 403, {"lease_id": lease, "error": "x"}),
+            Cell("a", "POST", f"/api/tasks/{task_id}/release", 403, {"lease_id": lease}),
+            Cell("a", "POST", f"/api/tasks/{task_id}/lease", 403, {"lease_id": lease}),
+            Cell("dashboard", "POST", f"/api/tasks/{task_id}/lease", 403, {"lease_id": lease}),
+            Cell("b", "POST", f"/api/tasks/{task_id}/lease", 200, {"lease_id": lease}),
+            Cell("a", "GET", "/api/agents/b/inbox", 403),
+            Cell("a", "GET", "/api/agents/a/inbox", 200),
+            Cell("dashboard", "GET", "/api/agents/b/inbox", 200),
+            Cell("admin", "GET", "/api/agents/b/inbox", 200),
+            Cell("a", "POST", "/api/agents/b/inbox/ack", 403, {"up_to": 0}),
+            Cell("a", "POST", "/api/agents/a/inbox/ack", 200, {"up_to": 1}),
+            Cell("dashboard", "POST", "/api/agents/a/inbox/ack", 403, {"up_to": 1}),
+            Cell("a", "POST", "/api/reservations", 403, {"agent_id": "b", "paths": ["x"]}),
+            Cell("a", "POST", "/api/reservations", 201, {"paths": ["src/a/**"]}),
+            Cell("dashboard", "POST", "/api/reservations", 403, {"paths": ["y"]}),
+            Cell("a", "POST", f"/api/reservations/{reservation}/renew", 403, {}),
+            Cell("a", "DELETE", f"/api/reservations/{reservation}", 403),
+            Cell("dashboard", "GET", "/api/reservations", 200),
+            Cell("a", "GET", "/api/reservations", 200),
+            Cell("admin", "DELETE", f"/api/reservations/{reservation}", 204),
+            Cell("admin", "POST", "/api/tasks/claim", 200, {"agent_id": "b"}),  # t-none
+        ]
+    )
+    # The refused lease calls changed nothing: b's lease still holds, with its holder.
+    still = await board.admin("GET", f"/api/tasks/{task_id}")
+    assert still["status"] == "in_progress" and still["lease"]["id"] == lease

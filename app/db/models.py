@@ -16,7 +16,7 @@ same ones and `alembic check` proves they agree.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -300,6 +300,10 @@ class Reservation(Base):
         Index("ix_reservations_active", "released_at", "expired_at", "expires_at"),
         Index("ix_reservations_agent_id", "agent_id", "created_at"),
     )
+
+
+# How long the answer to a POST with an Idempotency-Key is replayed (api/idempotency.py).
+IDEMPOTENCY_TTL = timedelta(hours=24)
 
 
 class IdempotencyKey(Base):
