@@ -13,7 +13,7 @@ import binascii
 import enum
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
@@ -91,11 +91,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str, str | None]:
             raise ValueError
         if rest and not (isinstance(stored, str) and len(stored) <= 40):
             raise ValueError
+        if "\x00" in ident or (stored is not None and "\x00" in stored):
+            raise ValueError  # PostgreSQL text cannot hold NUL
         parsed = datetime.fromisoformat(stamp)
         if parsed.tzinfo is None:
             raise ValueError
+        # In UTC, as the database compares it; an offset can push year 1 or 9999 out of range.
+        parsed = parsed.astimezone(UTC)
         return parsed, ident, stored
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
         raise ApiError(
             422,
             "INVALID_CURSOR",

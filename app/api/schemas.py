@@ -89,7 +89,8 @@ T = TypeVar("T")
 
 
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan: Python's JSON parser reads NaN, Infinity and 1e400; a float field refuses them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Page(BaseModel, Generic[T]):

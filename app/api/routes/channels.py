@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from app.api.auth import IdentityDep
 from app.api.deps import ManagerDep
 from app.api.errors import ApiError
+from app.api.schemas import PlainError
 from app.realtime.channels import Channel, parse_channel
 from app.realtime.history import StreamPosition
 from app.realtime.permissions import may_subscribe
@@ -88,6 +89,8 @@ def _readable(channel_name: str, identity: Any) -> Channel:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "The caller may not read this channel."},
+    # `{channel:path}` matches any character but a line feed: such a path reaches no route.
+    404: {"model": PlainError, "description": "No route: the channel has a line feed (%0A)."},
     422: {"description": "Invalid channel (INVALID_CHANNEL) or query."},
 }
 
