@@ -93,7 +93,7 @@ ISSUE_BODIES = [
         ["body", "ttl_seconds"],
         "Infinity",
     ),
-    ("/api/events", '{"channel":NaN,"event":"n.x"}', ["body", "channel"], "NaN"),
+    ("/api/events", '{"channel":NaN}', ["body", "channel"], "NaN"),
     ("/api/tasks", '{"title":"\\ud800"}', ["body", "title"], "\\ud800"),
     ("/api/tasks", '{"title":"n","payload":{"a":[-Infinity]}}', ["body", "payload"], None),
     ("/api/sessions", '{"metadata":{"\\udfff":1}}', ["body", "metadata"], None),
@@ -108,9 +108,9 @@ async def test_the_issues_bodies_are_422_and_keep_the_connection(data_service: S
             status, payload = await connection.request("POST", path, body.encode())
             reply = httpx.Response(status, content=payload, headers=JSON)
             detail = assert_validation_error(reply)
-            assert detail[0]["loc"] == loc, (body, detail)
+            [error] = [item for item in detail if item["loc"] == loc]
             if shown is not None:
-                assert detail[0]["input"] == shown, (body, detail)
+                assert error["input"] == shown, (body, detail)
         # The same connection still serves: nothing was stored, nothing was published.
         for path in ("/api/tasks", "/api/messages", "/api/sessions"):
             status, payload = await connection.request("GET", path)
@@ -175,6 +175,22 @@ async def test_json_values_reach_the_database_or_a_422(data_service: Service) ->
             reply = await http.post("/api/tasks", content=body[:-1] + ',"title":"n"}', headers=JSON)
             assert_validation_error(reply)
         assert len((await http.get("/api/tasks")).json()["items"]) == 1
+
+
+async def test_a_since_epoch_with_nul_is_a_422(
+    database_url: str, start_service: ServiceFactory
+) -> None:
+    """The PostgreSQL broker compares `since_epoch` in SQL: a NUL in it failed with a 500."""
+    broker = "postgres" if database_url.startswith("postgresql") else "memory"
+    service = await start_service(
+        surfaces=("api",), **data_settings(database_url), broker=broker, log_level="critical"
+    )
+    async with api(service) as http:
+        path = "/api/channels/topics/a/history"
+        reply = await http.get(path, params={"since_offset": 1, "since_epoch": "e\u0000"})
+        [error] = assert_validation_error(reply)
+        assert error["loc"] == ["query", "since_epoch"]
+        assert (await http.get(path, params={"since_offset": 1, "since_epoch": "e"})).is_success
 
 
 async def test_a_channel_with_a_line_feed_is_a_documented_404(data_service: Service) -> None:

@@ -101,7 +101,8 @@ async def channel_history(
     manager: ManagerDep,
     identity: IdentityDep,
     since_offset: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
-    since_epoch: Annotated[str | None, Query(max_length=64)] = None,
+    # No NUL: the PostgreSQL broker compares it in SQL, and PostgreSQL text holds none.
+    since_epoch: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT)] = HISTORY_LIMIT,
 ) -> Any:
     """Retained publications of a channel, oldest first; page on with `since_offset`."""
