@@ -7,7 +7,11 @@ on the WebSocket hot path. On the API port it also times HTTP requests (observab
     /livez    200 while the process serves requests: a load balancer restarts it otherwise
     /readyz   200 when the node should get traffic: start-up finished, database reachable,
               broker connected, not draining; 503 with the failing checks otherwise
-    /metrics  Prometheus text format (observability.py)
+    /metrics  Prometheus text format (observability.py); in token mode only with a dashboard
+              or admin Bearer token (401/403 otherwise, as the REST API answers: ops_access.py)
+
+The probes stay open in every mode: balancers and orchestrators probe without credentials,
+and they say nothing about channels, agents or traffic.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fastapi import FastAPI
 
 from app.db.engine import ping
 from app.observability import HttpMetrics, render_metrics
+from app.ops_access import OperatorAccess
 from app.realtime.endpoint import Receive, Send
 from app.realtime.http import asgi3_entry
 
@@ -30,7 +35,9 @@ DATABASE_CHECK_TTL = 1.0
 DATABASE_CHECK_TIMEOUT = 1.0
 
 
-async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _json(
+    send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
     payload = orjson.dumps(body)
     await send(
         {
@@ -40,10 +47,18 @@ async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
                 (b"cache-control", b"no-store"),
+                *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
             ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 class Readiness:
@@ -86,6 +101,7 @@ class OpsSurface:
             readiness = root.state.readiness = Readiness(root)
         self.readiness: Readiness = readiness
         self.http_metrics: HttpMetrics | None = HttpMetrics.of(root) if timed else None
+        self.access = OperatorAccess(root.state.settings)
 
     @asgi3_entry
     def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> Awaitable[None]:
@@ -107,6 +123,10 @@ class OpsSurface:
                 await _json(send, 200 if ready else 503, body)
                 return
             if path == "/metrics":
+                refusal = self.access.refusal(_header(scope, b"authorization"))
+                if refusal is not None:
+                    await _json(send, refusal.status, refusal.body(), refusal.headers())
+                    return
                 payload, content_type = await render_metrics(self.root)
                 await send(
                     {

@@ -98,13 +98,14 @@ Activity = Annotated[
 MaxAttempts = Annotated[int, Field(strict=True, ge=1, le=100)]
 LeaseId = Annotated[str, StringConstraints(pattern=r"^lease_[0-9a-f]{32}$")]
 LeaseSeconds = Annotated[int, Field(strict=True, ge=1, le=3600)]
-WaitSeconds = Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)]
+WaitSeconds = Annotated[float, Field(strict=True, ge=0, le=50, allow_inf_nan=False)]
 
 T = TypeVar("T")
 
 
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan: Python's JSON parser reads NaN, Infinity and 1e400; a float field refuses them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Page(BaseModel, Generic[T]):

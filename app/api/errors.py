@@ -10,21 +10,33 @@
     422 INVALID_CURSOR            a `cursor` this API did not hand out
     413 PAYLOAD_TOO_LARGE         a body above MAX_REQUEST_BYTES
     422 INVALID_CHANNEL / INVALID_EVENT   POST /api/events (the WebSocket protocol's codes)
+    422 VALIDATION_ERROR          the request does not fit the schema (FastAPI's validation)
     422 MISSING_FIELD             a writer's id left out where no token names it
 
 The domain layer raises `DomainError`s (app/domain/errors.py); `install_error_handlers` maps
 each class to its status here, so a rule's error reads the same over every front door.
 
-FastAPI's own 422 (request validation) keeps its standard `detail` list, and every 422 of
-ours has that same shape (a list of {loc, msg, type}) plus `code`, so one schema describes all
-422s. A body that is not JSON at all is FastAPI's 400 ``{"detail": …}``.
+Every 422 has FastAPI's standard shape, a `detail` list of {loc, msg, type} (validation errors
+add FastAPI's `input` and `ctx`), plus `code`, so one schema describes all 422s. A body that is
+not JSON (or that Python's parser gives up on: nested past ~1,000 levels, an integer of more than
+4,300 digits) is FastAPI's 400 ``{"detail": …}``.
+
+The echoed `input` is whatever the client sent, and Python's JSON parser reads more than strict
+JSON can carry back: ``NaN``, ``Infinity`` and ``1e400`` (read as infinity) and lone surrogates
+(``"\\ud800"``). Those are spelled out as strings ("NaN", "Infinity", "-Infinity", the surrogate
+as the text ``\\ud800``); an error whose input cannot be shown even so is answered without it.
+Nothing in a client's input makes an error answer fail.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
@@ -55,14 +67,66 @@ async def _handle(_request: Request, exc: Exception) -> JSONResponse:
     if exc.status == 422:
         return invalid(exc.loc, exc.detail, exc.code)
     return JSONResponse(
-        {"detail": exc.detail, "code": exc.code}, status_code=exc.status, headers=exc.headers
+        encodable({"detail": exc.detail, "code": exc.code}),
+        status_code=exc.status,
+        headers=exc.headers,
     )
 
 
 def invalid(loc: tuple[str, ...], message: str, code: str) -> JSONResponse:
     """A 422 in FastAPI's validation shape, with the stable `code` beside it."""
     detail = [{"loc": list(loc), "msg": message, "type": code}]
-    return JSONResponse({"detail": detail, "code": code}, status_code=422)
+    return JSONResponse(encodable({"detail": detail, "code": code}), status_code=422)
+
+
+async def _validation_failed(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 body, made safe to encode whatever the client sent (module docstring)."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [_shown(error) for error in exc.errors()]
+    body = {"detail": detail, "code": "VALIDATION_ERROR"}
+    try:
+        return JSONResponse(body, status_code=422)
+    except (ValueError, TypeError, RecursionError):
+        # Belt and braces: whatever still does not encode goes; the error itself stays.
+        bare = [_bare(item) for item in detail]
+        return JSONResponse({"detail": bare, "code": "VALIDATION_ERROR"}, status_code=422)
+
+
+def _shown(error: Mapping[str, Any]) -> dict[str, Any]:
+    """One validation error as FastAPI shows it, with its input made encodable."""
+    try:
+        shown: dict[str, Any] = encodable(jsonable_encoder(error))
+        return shown
+    except (ValueError, TypeError, RecursionError):
+        # An input too deep (or too odd) to walk: answer the error without it.
+        fallback: dict[str, Any] = encodable(jsonable_encoder(_bare(error)))
+        return fallback
+
+
+def _bare(error: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: error[key] for key in ("type", "loc", "msg") if key in error}
+
+
+def encodable(value: Any) -> Any:
+    """`value` with what strict JSON in UTF-8 cannot carry spelled out as strings."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {_text(str(key)): encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encodable(item) for item in value]
+    return value
+
+
+def _text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate: show it as the escape the client wrote (`\ud800`).
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 _DOMAIN_STATUS: tuple[tuple[type[DomainError], int], ...] = (
@@ -85,13 +149,15 @@ async def _handle_domain(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Invalid):
         return invalid(exc.loc, exc.message, exc.code)
     body = {"detail": exc.message, "code": exc.code, **exc.details}
-    return JSONResponse(body, status_code=domain_status(exc))
+    return JSONResponse(encodable(body), status_code=domain_status(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer ApiError and the domain's errors with their status and body."""
+    """Answer ApiError and the domain's errors with their status and body, and request
+    validation errors safely."""
     app.add_exception_handler(ApiError, _handle)
     app.add_exception_handler(DomainError, _handle_domain)
+    app.add_exception_handler(RequestValidationError, _validation_failed)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds outbox rows (`events`) are kept once every bridge is past them.",
     )
+    long_poll_max: float = Field(
+        50.0,
+        gt=0,
+        le=50,
+        description="Longest a long poll waits (claim wait_seconds, inbox wait, MCP waits).",
+    )
     lease_sweep_interval: float = Field(
         1.0, gt=0, description="Seconds between checks for expired task leases and reservations."
     )

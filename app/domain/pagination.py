@@ -47,6 +47,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str, str | None]:
             raise ValueError
         if rest and not (isinstance(stored, str) and len(stored) <= 40):
             raise ValueError
+        if "\x00" in ident or (stored is not None and "\x00" in stored):
+            raise ValueError  # PostgreSQL text cannot hold NUL
         parsed = datetime.fromisoformat(stamp)
         if parsed.tzinfo is None:
             raise ValueError

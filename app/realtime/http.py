@@ -2,6 +2,10 @@
 
 `WebSocketSurface` sends WebSocket handshakes on `/` and `/ws` straight to the endpoint, and
 every HTTP request to a small FastAPI app with the seed's `/health` and `/stats`.
+
+In token mode `/stats` needs a dashboard or admin token, and `/health` names channels only to
+such a token; to anyone else its `channelStats` counts subscribers by channel kind
+(app/ops_access.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
+from app.ops_access import OperatorAccess, by_kind
 from app.realtime.endpoint import Receive, Send, websocket_endpoint
 from app.realtime.manager import ConnectionManager
 from app.realtime.protocol import CloseCode
@@ -50,16 +56,23 @@ def build_http_app(root: FastAPI) -> FastAPI:
         openapi_url=None,
     )
     http.state.root = root
+    access = OperatorAccess(root.state.settings)
 
     @http.get("/health")
     async def health(request: Request) -> dict[str, Any]:
         """The seed's health check: clients, channels, subscribers per channel."""
         port = request.scope.get("server", ("", root.state.settings.ws_port))[1]
-        return _manager(request).health(port)
+        body = _manager(request).health(port)
+        if access.refusal(request.headers.get("authorization")) is not None:
+            body["channelStats"] = by_kind(body["channelStats"])
+        return body
 
-    @http.get("/stats")
-    async def stats(request: Request) -> dict[str, Any]:
+    @http.get("/stats", response_model=None)
+    async def stats(request: Request) -> dict[str, Any] | JSONResponse:
         """Counters since start: connections, subscriptions, messages, errors, rates."""
+        refusal = access.refusal(request.headers.get("authorization"))
+        if refusal is not None:
+            return JSONResponse(refusal.body(), refusal.status, refusal.headers())
         return _manager(request).snapshot()
 
     return http

@@ -295,8 +295,9 @@ class ConnectionManager:
     def watch(
         self, channel: str, matches: EventFilter, timeout: float
     ) -> AbstractAsyncContextManager[Watch]:
-        """Wait up to `timeout` for a publication on `channel` whose event `matches`."""
-        return self.waits.watch(channel, matches, timeout)
+        """Wait up to `timeout` (at most LONG_POLL_MAX) for a publication on `channel` whose
+        event `matches`."""
+        return self.waits.watch(channel, matches, min(timeout, self.settings.long_poll_max))
 
     async def channel_presence(self, channel: str) -> dict[str, ClientInfo]:
         """Client id → who is subscribed to `channel`, cluster-wide."""

@@ -63,7 +63,7 @@ async def get_agent(agent_id: PathId, ctx: ContextDep) -> AgentOut:
     return await agents.get_agent(ctx, agent_id)
 
 
-@router.post("/{agent_id}/heartbeat", response_model=AgentOut, responses=responses(403, 404))
+@router.post("/{agent_id}/heartbeat", response_model=AgentOut, responses=responses(400, 403, 404))
 async def heartbeat(
     agent_id: PathId, ctx: ContextDep, body: AgentHeartbeat | None = None
 ) -> AgentOut:

@@ -12,7 +12,7 @@ from app.domain import channels
 from app.domain.channels import HISTORY_LIMIT
 from app.domain.errors import Invalid
 from app.realtime.history import StreamPosition
-from app.schemas import CHANNEL_PATTERN
+from app.schemas import CHANNEL_PATTERN, PlainError
 
 router = APIRouter(prefix="/api/channels", tags=["channels"])
 
@@ -85,6 +85,8 @@ class PresenceOut(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "The caller may not read this channel."},
+    # `{channel:path}` matches any character but a line feed: such a path reaches no route.
+    404: {"model": PlainError, "description": "No route: the channel has a line feed (%0A)."},
     422: {"description": "Invalid channel (INVALID_CHANNEL) or query."},
 }
 
@@ -94,7 +96,8 @@ async def channel_history(
     channel: ChannelPath,
     ctx: ContextDep,
     since_offset: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
-    since_epoch: Annotated[str | None, Query(max_length=64)] = None,
+    # No NUL: the PostgreSQL broker compares it in SQL, and PostgreSQL text holds none.
+    since_epoch: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT)] = HISTORY_LIMIT,
 ) -> Any:
     """Retained publications of a channel, oldest first; page on with `since_offset`."""

@@ -60,7 +60,9 @@ async def check_reservations(
 
 
 @router.post(
-    "/{reservation_id}/renew", response_model=ReservationOut, responses=responses(403, 404, 409)
+    "/{reservation_id}/renew",
+    response_model=ReservationOut,
+    responses=responses(400, 403, 404, 409),
 )
 async def renew(reservation_id: PathId, body: ReservationRenew, ctx: ContextDep) -> ReservationOut:
     """Extend an active reservation (409 RESERVATION_ENDED once released or expired)."""
