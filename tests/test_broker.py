@@ -91,6 +91,9 @@ class Backend:
     lose_history: Callable[[], Awaitable[None]]
     # The server's port (what a Partition forwards to); 0 for the in-process broker.
     port: int = 0
+    # Put a channel's stream back to an offset under the same epoch, as a restore from an
+    # older snapshot does (multi-node brokers only).
+    roll_back: Callable[[str, int], Awaitable[None]] | None = None
     brokers: list[Broker] = field(default_factory=list)
 
 
@@ -135,7 +138,15 @@ async def _redis_backend(make_settings: SettingsFactory, redis_url: str) -> Asyn
         if keys:
             await client.delete(*keys)
 
-    backend = Backend("redis", True, make, lose_history, _port_of(redis_url, 6379))
+    async def roll_back(channel: str, offset: int) -> None:
+        meta, stream = f"{prefix}:{{{channel}}}:m", f"{prefix}:{{{channel}}}:s"
+        kept = await client.xrange(stream, "-", f"{offset}-0")
+        await client.delete(stream)  # the stream's last id goes back too, as in the snapshot
+        for entry_id, fields in kept:
+            await client.xadd(stream, fields, id=entry_id)
+        await client.hset(meta, "o", offset)
+
+    backend = Backend("redis", True, make, lose_history, _port_of(redis_url, 6379), roll_back)
     try:
         yield backend
     finally:
@@ -191,7 +202,30 @@ async def _postgres_backend(
     async def lose_history() -> None:
         await purge_namespace(postgres_url, namespace)
 
-    backend = Backend("postgres", True, make, lose_history, _port_of(postgres_url, 5432))
+    async def roll_back(channel: str, offset: int) -> None:
+        import asyncpg
+
+        from app.realtime.broker.postgres import asyncpg_dsn
+
+        connection = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        try:
+            await connection.execute(
+                "UPDATE broker_streams SET top_offset = $3 WHERE namespace = $1 AND channel = $2",
+                namespace,
+                channel,
+                offset,
+            )
+            await connection.execute(
+                "DELETE FROM broker_publications WHERE namespace = $1 AND channel = $2"
+                ' AND "offset" > $3',
+                namespace,
+                channel,
+                offset,
+            )
+        finally:
+            await connection.close()
+
+    backend = Backend("postgres", True, make, lose_history, _port_of(postgres_url, 5432), roll_back)
     try:
         yield backend
     finally:
@@ -468,6 +502,34 @@ async def test_a_node_cut_off_past_its_history_is_told_of_the_gap(backend: Backe
             (epoch, 3),
             (epoch, 8, ResetReason.GAP.value),
             *((epoch, offset) for offset in range(9, 15)),
+        ]
+
+
+async def test_a_node_cut_off_across_a_roll_back_is_told_and_sends_nothing_twice(
+    backend: Backend,
+) -> None:
+    """A restore from an older snapshot (RDB, AOF `everysec` after a crash) rolls a stream
+    back under its epoch: the node says so and resends nothing it delivered already."""
+    a, _ = await backend.make("a")
+    async with _behind_partition(backend, "b") as (b, seen, partition):
+        assert backend.roll_back is not None
+        await b.subscribe("topics/rb")
+        for n in range(5):
+            await a.publish(_publication("topics/rb", n))
+        await seen.until_count("topics/rb", 5)
+        epoch = seen.on("topics/rb")[0].epoch
+
+        partition.cut = True
+        await backend.roll_back("topics/rb", 3)
+        partition.heal()
+
+        await seen.wait_for(lambda: bool(seen.resets), what="the roll-back reported")
+        await a.publish(_publication("topics/rb", 5))  # offset 4 again: a new publication
+        await seen.until_count("topics/rb", 6)
+        assert seen.trace("topics/rb") == [
+            *((epoch, offset) for offset in range(1, 6)),
+            (epoch, 3, ResetReason.GAP.value),
+            (epoch, 4),
         ]
 
 

@@ -152,32 +152,52 @@ class DeliveryTracker:
         recovered = 0
         for start in range(0, len(targets), CATCH_UP_CONCURRENCY):
             batch = targets[start : start + CATCH_UP_CONCURRENCY]
-            pages = await asyncio.gather(*(read(channel, since) for channel, since in batch))
-            lost = [c for (c, _), page in zip(batch, pages, strict=True) if not page.recoverable]
-            # Everything still retained of the streams that could not be recovered.
-            retained = await asyncio.gather(*(read(channel, None) for channel in lost))
-            restarts = dict(zip(lost, retained, strict=True))
-            for (channel, since), page in zip(batch, pages, strict=True):
-                if channel in restarts:
-                    page = restarts[channel]
-                    top = page.position
-                    first = page.publications[0].offset if page.publications else top.offset + 1
-                    reason = ResetReason.NEW_EPOCH if top.epoch != since.epoch else ResetReason.GAP
-                    logger.warning(
-                        "broker gap on %s not recoverable (%s: epoch %s offset %d -> epoch %s); "
-                        "delivering from offset %d",
-                        channel,
-                        reason.value,
-                        since.epoch,
-                        since.offset,
-                        top.epoch,
-                        first,
-                    )
-                    self._reset(channel, StreamPosition(first - 1, top.epoch), reason)
-                for publication in page.publications:
+            missed = await asyncio.gather(*(_missed(c, since, read) for c, since in batch))
+            # No await from here on: the resets and publications go out in stream order.
+            for (channel, _), (reset, publications) in zip(batch, missed, strict=True):
+                if reset is not None:
+                    self._reset(channel, *reset)
+                for publication in publications:
                     self._admit(publication)
                     recovered += 1
         return recovered
+
+
+async def _missed(
+    channel: str, since: StreamPosition, read: HistoryReader
+) -> tuple[tuple[StreamPosition, ResetReason] | None, list[Publication]]:
+    """What follows `since`: (None, the missed publications), or — when the history no longer
+    covers `since` — (the reset's position and reason, what the history holds after it)."""
+    page = await read(channel, since)
+    if page.recoverable:
+        return None, page.publications
+    top = page.position
+    if top.epoch == since.epoch and since.offset > top.offset:
+        # Rolled back under the same epoch (Redis restored from a snapshot older than what
+        # was delivered, docs/delivery.md): what it retains was delivered already.
+        logger.warning(
+            "broker stream %s rolled back from offset %d to %d (epoch %s)",
+            channel,
+            since.offset,
+            top.offset,
+            top.epoch,
+        )
+        return (top, ResetReason.GAP), []
+    page = await read(channel, None)
+    top = page.position
+    first = page.publications[0].offset if page.publications else top.offset + 1
+    reason = ResetReason.NEW_EPOCH if top.epoch != since.epoch else ResetReason.GAP
+    logger.warning(
+        "broker gap on %s not recoverable (%s: epoch %s offset %d -> epoch %s); "
+        "delivering from offset %d",
+        channel,
+        reason.value,
+        since.epoch,
+        since.offset,
+        top.epoch,
+        first,
+    )
+    return (StreamPosition(first - 1, top.epoch), reason), page.publications
 
 
 class ListenLoop(Generic[L]):
