@@ -329,9 +329,10 @@ async def test_an_unrecovered_notice_reports_the_loss_and_moves_the_position() -
             await ws.send(json.dumps(ack))
             for frame in (
                 _event("topics/u", 6, "e1"),
-                # Already past it in e1: nothing lost for this client, ignored.
-                json.dumps({"type": "unrecovered", "channel": "topics/u", "offset": 6,
+                # Rolled back behind what the client has: offset 5 that follows is a new one.
+                json.dumps({"type": "unrecovered", "channel": "topics/u", "offset": 4,
                             "epoch": "e1", "recovered": False, "reason": "gap"}),
+                _event("topics/u", 5, "e1"),
                 json.dumps({"type": "unrecovered", "channel": "topics/u", "offset": 0,
                             "epoch": "e2", "recovered": False, "reason": "new_epoch"}),
                 _event("topics/u", 1, "e2"),
@@ -357,11 +358,17 @@ async def test_an_unrecovered_notice_reports_the_loss_and_moves_the_position() -
             await client.subscribe("topics/u")
             await asyncio.wait_for(second.wait(), 5)
             for _ in range(50):
-                if len(log) >= 6:
+                if len(log) >= 8:
                     break
                 await asyncio.sleep(0.02)
             assert client.position("topics/u") == {"offset": 3, "epoch": "e2"}
-    notice, resubscribed = (item for item in log if isinstance(item, Recovery))
+    rollback, notice, resubscribed = (item for item in log if isinstance(item, Recovery))
+    assert (rollback.recovered, rollback.offset, rollback.epoch, rollback.reason) == (
+        False,
+        4,
+        "e1",
+        "gap",
+    )
     assert (notice.recovered, notice.offset, notice.epoch, notice.reason) == (
         False,
         0,
@@ -373,7 +380,16 @@ async def test_an_unrecovered_notice_reports_the_loss_and_moves_the_position() -
         "resubscribe",
         1,
     )
-    assert log == [(6, "e1"), notice, (1, "e2"), (2, "e2"), resubscribed, (3, "e2")]
+    assert log == [
+        (6, "e1"),
+        rollback,
+        (5, "e1"),
+        notice,
+        (1, "e2"),
+        (2, "e2"),
+        resubscribed,
+        (3, "e2"),
+    ]
     # The reconnect asked for what followed the new epoch's position, not the lost one's.
     assert subscribes[1]["since"] == {"offset": 2, "epoch": "e2"}
 

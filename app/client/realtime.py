@@ -509,10 +509,8 @@ class RealtimeClient:
             return
         if not isinstance(offset, int) or not isinstance(epoch, str):
             return
-        seen = self._positions.get(channel)
-        if seen is not None and seen[1] == epoch and seen[0] >= offset:
-            # Our position (from an ack or events) is already past it: nothing lost for us.
-            return
+        # Even behind our position in the same epoch: the stream was rolled back, and the
+        # offsets that follow are new publications, not repeats to drop.
         self._positions[channel] = (offset, epoch)
         self._report_recovery(
             Recovery(channel, False, offset, epoch, str(frame.get("reason") or ""), raw=frame)

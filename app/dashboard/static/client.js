@@ -340,9 +340,8 @@ export class RealtimeClient {
   _onUnrecovered(frame) {
     const { channel, offset, epoch } = frame;
     if (!this._subscriptions.has(channel) || typeof offset !== "number" || typeof epoch !== "string") return;
-    const seen = this._positions.get(channel);
-    // Our own position (from an ack or events) is already past it: nothing lost for us.
-    if (seen && seen.epoch === epoch && seen.offset >= offset) return;
+    // Even behind our position in the same epoch: the stream was rolled back, and the offsets
+    // that follow are new publications, not repeats to drop.
     this._positions.set(channel, { offset, epoch });
     this._emit("recovery", { channel, recovered: false, reason: frame.reason || "", offset, epoch, ack: frame });
   }
