@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -269,6 +270,10 @@ async def test_a_redis_restart_under_load_loses_nothing_after_it_and_says_what_i
                 f"{subscriber.name}: the notice must precede the new epoch's events"
             )
             report.append(f"{subscriber.name} {acks.old_top - old_offsets[-1]}")
+        for node in nodes:
+            # One channel, one restart: one reset per node, and it is counted.
+            metrics = (await node.get("/metrics")).text
+            assert re.search(r"^cm_broker_stream_resets_total 1\.0$", metrics, re.M), metrics
         print(
             f"\nRedis restart under load: {acks.total} acked, {acks.refused} refused and "
             f"retried; old epoch acked up to {acks.old_top}, lost with Redis's memory: "
