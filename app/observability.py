@@ -15,7 +15,8 @@ Each application gets its own `CollectorRegistry` (tests run many in one process
     cm_publications_total                      cm_deliveries_total
     cm_errors_total{code}
     cm_broker_healthy{kind}                    cm_broker_reconnects_total
-    cm_broker_recovered_publications_total     cm_agents_online{scope=node|cluster}
+    cm_broker_recovered_publications_total     cm_broker_stream_resets_total
+    cm_agents_online{scope=node|cluster}
     cm_cluster_nodes                           cm_cluster_swept_agents_total
     cm_bridge_leader  cm_bridge_last_id  cm_bridge_lag  cm_bridge_delivered_total
     cm_bridge_reconnects_total
@@ -141,6 +142,11 @@ class NodeCollector(Collector):
             "cm_broker_recovered_publications",
             "Publications won back from history after a broker reconnect.",
             getattr(broker, "recovered_after_reconnect", 0),
+        )
+        yield _counter(
+            "cm_broker_stream_resets",
+            "Channels whose subscribers were told of publications the history could not cover.",
+            getattr(broker, "stream_resets", 0),
         )
 
     def _presence(self, manager: Any) -> Iterator[Metric]:

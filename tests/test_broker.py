@@ -2,6 +2,8 @@
 
 memory is the embedded default; redis and postgres are the multi-node brokers, each run with a
 key prefix / namespace of its own so that parallel tests never see each other's channels.
+A multi-node broker can also be built behind a TCP proxy that black-holes its traffic
+(`Partition`), to cut one node off while another publishes, then let it come back.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from app.core.config import Settings
-from app.realtime.broker.base import Broker
+from app.realtime.broker.base import Broker, StreamReset
 from app.realtime.history import HistoryPolicies, StreamPosition
+from app.realtime.protocol import ResetReason
 from app.realtime.publication import Publication
 from tests.conftest import SettingsFactory
 
@@ -29,11 +33,30 @@ class Recorder:
 
     def __init__(self) -> None:
         self.items: list[Publication] = []
+        self.resets: list[StreamReset] = []
+        # Publications and resets in the order they came.
+        self.log: list[Publication | StreamReset] = []
         self._changed = asyncio.Event()
 
     def handle_publication(self, publication: Publication) -> None:
         self.items.append(publication)
+        self.log.append(publication)
         self._changed.set()
+
+    def handle_reset(self, reset: StreamReset) -> None:
+        self.resets.append(reset)
+        self.log.append(reset)
+        self._changed.set()
+
+    def trace(self, channel: str) -> list[tuple[str, int] | tuple[str, int, str]]:
+        """(epoch, offset) per publication and (epoch, offset, reason) per reset, in order."""
+        return [
+            (item.position.epoch, item.position.offset, item.reason.value)
+            if isinstance(item, StreamReset)
+            else (item.epoch, item.offset)
+            for item in self.log
+            if item.channel == channel
+        ]
 
     def on(self, channel: str) -> list[Publication]:
         return [p for p in self.items if p.channel == channel]
@@ -61,11 +84,31 @@ class Recorder:
 class Backend:
     name: str
     multi_node: bool
-    # Build and start a broker as node `node_id` with the given settings overrides.
+    # Build and start a broker as node `node_id` with the given settings overrides; with
+    # `port`, it reaches its server on that port instead (a Partition in front of it).
     make: Callable[..., Awaitable[tuple[Broker, Recorder]]]
     # Lose every channel's history and position, as a Redis flush or restart would.
     lose_history: Callable[[], Awaitable[None]]
+    # The server's port (what a Partition forwards to); 0 for the in-process broker.
+    port: int = 0
+    # Put a channel's stream back to an offset under the same epoch, as a restore from an
+    # older snapshot does (multi-node brokers only).
+    roll_back: Callable[[str, int], Awaitable[None]] | None = None
     brokers: list[Broker] = field(default_factory=list)
+
+
+def _via_port(url: str, port: int | None) -> str:
+    """`url` with its port replaced by `port` (None: unchanged)."""
+    if port is None:
+        return url
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _port_of(url: str, default: int) -> int:
+    return urlsplit(url).port or default
 
 
 def _publication(channel: str, seq: int, **data: Any) -> Publication:
@@ -80,9 +123,11 @@ async def _redis_backend(make_settings: SettingsFactory, redis_url: str) -> Asyn
     prefix = f"t{secrets.token_hex(5)}"
     client = aioredis.Redis.from_url(redis_url)
 
-    async def make(node_id: str, **overrides: Any) -> tuple[Broker, Recorder]:
+    async def make(
+        node_id: str, port: int | None = None, **overrides: Any
+    ) -> tuple[Broker, Recorder]:
         settings: Settings = make_settings(**overrides)
-        broker = RedisBroker(node_id, HistoryPolicies(settings), redis_url, prefix)
+        broker = RedisBroker(node_id, HistoryPolicies(settings), _via_port(redis_url, port), prefix)
         recorder = Recorder()
         await broker.start(recorder)
         backend.brokers.append(broker)
@@ -93,7 +138,15 @@ async def _redis_backend(make_settings: SettingsFactory, redis_url: str) -> Asyn
         if keys:
             await client.delete(*keys)
 
-    backend = Backend("redis", True, make, lose_history)
+    async def roll_back(channel: str, offset: int) -> None:
+        meta, stream = f"{prefix}:{{{channel}}}:m", f"{prefix}:{{{channel}}}:s"
+        kept = await client.xrange(stream, "-", f"{offset}-0")
+        await client.delete(stream)  # the stream's last id goes back too, as in the snapshot
+        for entry_id, fields in kept:
+            await client.xadd(stream, fields, id=entry_id)
+        await client.hset(meta, "o", offset)
+
+    backend = Backend("redis", True, make, lose_history, _port_of(redis_url, 6379), roll_back)
     try:
         yield backend
     finally:
@@ -134,8 +187,10 @@ async def _postgres_backend(
 
     namespace = f"t{secrets.token_hex(5)}"
 
-    async def make(node_id: str, **overrides: Any) -> tuple[Broker, Recorder]:
-        settings: Settings = make_settings(database_url=postgres_url, **overrides)
+    async def make(
+        node_id: str, port: int | None = None, **overrides: Any
+    ) -> tuple[Broker, Recorder]:
+        settings: Settings = make_settings(database_url=_via_port(postgres_url, port), **overrides)
         broker = PostgresBroker(
             node_id, HistoryPolicies(settings), settings.database_url, namespace
         )
@@ -147,7 +202,30 @@ async def _postgres_backend(
     async def lose_history() -> None:
         await purge_namespace(postgres_url, namespace)
 
-    backend = Backend("postgres", True, make, lose_history)
+    async def roll_back(channel: str, offset: int) -> None:
+        import asyncpg
+
+        from app.realtime.broker.postgres import asyncpg_dsn
+
+        connection = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        try:
+            await connection.execute(
+                "UPDATE broker_streams SET top_offset = $3 WHERE namespace = $1 AND channel = $2",
+                namespace,
+                channel,
+                offset,
+            )
+            await connection.execute(
+                "DELETE FROM broker_publications WHERE namespace = $1 AND channel = $2"
+                ' AND "offset" > $3',
+                namespace,
+                channel,
+                offset,
+            )
+        finally:
+            await connection.close()
+
+    backend = Backend("postgres", True, make, lose_history, _port_of(postgres_url, 5432), roll_back)
     try:
         yield backend
     finally:
@@ -312,6 +390,8 @@ async def test_lost_history_means_a_new_epoch(backend: Backend) -> None:
     assert not page.recoverable
     await seen.until_count("agents/x", 4)
     assert seen.on("agents/x")[-1].epoch == after.epoch
+    # Listening throughout, the node got every publication of both epochs: nothing to report.
+    assert seen.resets == []
 
 
 async def test_recovery_page_over_the_broker(backend: Backend) -> None:
@@ -338,6 +418,135 @@ async def test_large_payloads_are_carried_whole(backend: Backend) -> None:
     assert [p.offset for p in got] == [1, 2]
     assert got[0].data["blob"] == blob
     assert (await broker.history("topics/big")).publications[0].data["blob"] == blob
+
+
+# --- a node cut off while the others publish -----------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _behind_partition(
+    backend: Backend, node_id: str, **overrides: Any
+) -> AsyncIterator[tuple[Broker, Recorder, Partition]]:
+    """A broker of `backend` whose every connection goes through a Partition."""
+    if not backend.multi_node:
+        pytest.skip("the in-process broker has no link to lose")
+    partition = Partition(backend.port)
+    await partition.start()
+    try:
+        broker, seen = await backend.make(node_id, port=partition.port, **overrides)
+        try:
+            yield broker, seen, partition
+        finally:
+            backend.brokers.remove(broker)
+            await broker.close()
+    finally:
+        await partition.close()
+
+
+async def test_a_node_cut_off_across_a_history_loss_is_told_then_gets_the_new_epoch(
+    backend: Backend,
+) -> None:
+    """Redis restarted without persistence while this node was away: another node published
+    in the new epoch before this one came back. It reports the loss, then delivers the new
+    epoch from its first publication — not from wherever its link happened to come back."""
+    a, _ = await backend.make("a")
+    async with _behind_partition(backend, "b") as (b, seen, partition):
+        await b.subscribe("topics/e")
+        for n in range(3):
+            await a.publish(_publication("topics/e", n))
+        await seen.until_count("topics/e", 3)
+        old = seen.on("topics/e")[0].epoch
+
+        partition.cut = True
+        for n in range(3, 5):
+            await a.publish(_publication("topics/e", n))  # gone with the history
+        await backend.lose_history()
+        published = [await a.publish(_publication("topics/e", n)) for n in range(5, 9)]
+        new = published[0].epoch
+        assert new != old and [p.offset for p in published] == [1, 2, 3, 4]
+        partition.heal()
+
+        await seen.until_count("topics/e", 7)
+        await a.publish(_publication("topics/e", 9))
+        await seen.until_count("topics/e", 8)
+        assert seen.trace("topics/e") == [
+            (old, 1),
+            (old, 2),
+            (old, 3),
+            (new, 0, ResetReason.NEW_EPOCH.value),
+            *((new, offset) for offset in range(1, 6)),
+        ]
+        assert [p.data["seq"] for p in seen.on("topics/e")] == [0, 1, 2, 5, 6, 7, 8, 9]
+
+
+async def test_a_node_cut_off_past_its_history_is_told_of_the_gap(backend: Backend) -> None:
+    a, _ = await backend.make("a", history_topics_size=5)
+    async with _behind_partition(backend, "b", history_topics_size=5) as (b, seen, partition):
+        await b.subscribe("topics/g")
+        for n in range(3):
+            await a.publish(_publication("topics/g", n))
+        await seen.until_count("topics/g", 3)
+        epoch = seen.on("topics/g")[0].epoch
+
+        partition.cut = True
+        for n in range(3, 13):
+            await a.publish(_publication("topics/g", n))  # 4..8 trimmed away
+        partition.heal()
+
+        await seen.until_count("topics/g", 8)
+        await a.publish(_publication("topics/g", 13))
+        await seen.until_count("topics/g", 9)
+        assert seen.trace("topics/g") == [
+            (epoch, 1),
+            (epoch, 2),
+            (epoch, 3),
+            (epoch, 8, ResetReason.GAP.value),
+            *((epoch, offset) for offset in range(9, 15)),
+        ]
+
+
+async def test_a_node_cut_off_across_a_roll_back_is_told_and_sends_nothing_twice(
+    backend: Backend,
+) -> None:
+    """A restore from an older snapshot (RDB, AOF `everysec` after a crash) rolls a stream
+    back under its epoch: the node says so and resends nothing it delivered already."""
+    a, _ = await backend.make("a")
+    async with _behind_partition(backend, "b") as (b, seen, partition):
+        assert backend.roll_back is not None
+        await b.subscribe("topics/rb")
+        for n in range(5):
+            await a.publish(_publication("topics/rb", n))
+        await seen.until_count("topics/rb", 5)
+        epoch = seen.on("topics/rb")[0].epoch
+
+        partition.cut = True
+        await backend.roll_back("topics/rb", 3)
+        partition.heal()
+
+        await seen.wait_for(lambda: bool(seen.resets), what="the roll-back reported")
+        await a.publish(_publication("topics/rb", 5))  # offset 4 again: a new publication
+        await seen.until_count("topics/rb", 6)
+        assert seen.trace("topics/rb") == [
+            *((epoch, offset) for offset in range(1, 6)),
+            (epoch, 3, ResetReason.GAP.value),
+            (epoch, 4),
+        ]
+
+
+async def test_a_channel_quiet_until_the_break_is_caught_up(backend: Backend) -> None:
+    a, _ = await backend.make("a")
+    async with _behind_partition(backend, "b") as (b, seen, partition):
+        await b.subscribe("topics/q")
+        partition.cut = True
+        for n in range(3):
+            await a.publish(_publication("topics/q", n))
+        partition.heal()
+
+        await seen.until_count("topics/q", 3)
+        await a.publish(_publication("topics/q", 3))
+        await seen.until_count("topics/q", 4)
+        assert [p.offset for p in seen.on("topics/q")] == [1, 2, 3, 4]
+        assert seen.resets == []
 
 
 # --- Redis only: a link that fails silently ------------------------------------------------------
@@ -367,6 +576,7 @@ class Partition:
             while data := await source.read(65536):
                 if not self.cut:  # cut: bytes vanish, as on a dead network path
                     sink.write(data)
+            sink.close()  # one side closed: so does the other (PostgreSQL waits for it)
 
         with contextlib.suppress(Exception):
             await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))

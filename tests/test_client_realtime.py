@@ -18,6 +18,7 @@ from app.client import (
     Event,
     RealtimeClient,
     RealtimeError,
+    Recovery,
     StateChange,
 )
 from app.client.backoff import event_matcher, should_reconnect
@@ -298,6 +299,99 @@ async def test_events_seen_twice_are_delivered_once() -> None:
             got = await collect(client.events("topics/d"), 4)
     # 1, 2, 3 once each; then a new epoch starts a new stream.
     assert [(e.offset, e.epoch) for e in got] == [(1, "e1"), (2, "e1"), (3, "e1"), (1, "e2")]
+
+
+def _event(channel: str, offset: int, epoch: str) -> str:
+    return json.dumps(
+        {
+            "channel": channel,
+            "event": "note.added",
+            "data": {"o": offset},
+            "timestamp": 0,
+            "offset": offset,
+            "epoch": epoch,
+        }
+    )
+
+
+async def test_an_unrecovered_notice_reports_the_loss_and_moves_the_position() -> None:
+    """The server lost publications (Redis restarted): the app is told before the new epoch's
+    events, and a later reconnect recovers from the new epoch instead of failing again."""
+    subscribes: list[dict[str, object]] = []
+    second = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "connected", "client_id": "ws_scripted"}))
+        request = json.loads(await ws.recv())
+        subscribes.append(request)
+        if len(subscribes) == 1:
+            ack = {"type": "ack", "id": request["id"], "success": True, "offset": 5, "epoch": "e1"}
+            await ws.send(json.dumps(ack))
+            for frame in (
+                _event("topics/u", 6, "e1"),
+                # Rolled back behind what the client has: offset 5 that follows is a new one.
+                json.dumps({"type": "unrecovered", "channel": "topics/u", "offset": 4,
+                            "epoch": "e1", "recovered": False, "reason": "gap"}),
+                _event("topics/u", 5, "e1"),
+                json.dumps({"type": "unrecovered", "channel": "topics/u", "offset": 0,
+                            "epoch": "e2", "recovered": False, "reason": "new_epoch"}),
+                _event("topics/u", 1, "e2"),
+                _event("topics/u", 2, "e2"),
+            ):  # fmt: skip
+                await ws.send(frame)
+            await asyncio.sleep(0.2)
+            await ws.close(1012, "restart")
+            return
+        ack = {"type": "ack", "id": request["id"], "success": True, "offset": 3, "epoch": "e2",
+               "recovered": True, "replayed": 1}  # fmt: skip
+        await ws.send(json.dumps(ack))
+        await ws.send(_event("topics/u", 3, "e2"))
+        second.set()
+        await ws.wait_closed()
+
+    port = free_port()
+    log: list[object] = []
+    async with serve(handler, "127.0.0.1", port, ping_interval=None):
+        async with client_for(f"ws://127.0.0.1:{port}/ws") as client:
+            client.on_event(lambda e: log.append((e.offset, e.epoch)))
+            client.on_recovery(log.append)
+            await client.subscribe("topics/u")
+            await asyncio.wait_for(second.wait(), 5)
+            for _ in range(50):
+                if len(log) >= 8:
+                    break
+                await asyncio.sleep(0.02)
+            assert client.position("topics/u") == {"offset": 3, "epoch": "e2"}
+    rollback, notice, resubscribed = (item for item in log if isinstance(item, Recovery))
+    assert (rollback.recovered, rollback.offset, rollback.epoch, rollback.reason) == (
+        False,
+        4,
+        "e1",
+        "gap",
+    )
+    assert (notice.recovered, notice.offset, notice.epoch, notice.reason) == (
+        False,
+        0,
+        "e2",
+        "new_epoch",
+    )
+    assert (resubscribed.recovered, resubscribed.reason, resubscribed.replayed) == (
+        True,
+        "resubscribe",
+        1,
+    )
+    assert log == [
+        (6, "e1"),
+        rollback,
+        (5, "e1"),
+        notice,
+        (1, "e2"),
+        (2, "e2"),
+        resubscribed,
+        (3, "e2"),
+    ]
+    # The reconnect asked for what followed the new epoch's position, not the lost one's.
+    assert subscribes[1]["since"] == {"offset": 2, "epoch": "e2"}
 
 
 async def test_subscribe_asks_again_after_a_timeout() -> None:

@@ -20,6 +20,9 @@ import httpx
 import pytest
 
 from app.client import RealtimeClient
+from app.realtime.broker.base import StreamReset
+from app.realtime.history import StreamPosition
+from app.realtime.protocol import ResetReason
 from app.server import Service
 from tests.conftest import IN_CI, ServiceFactory
 
@@ -447,6 +450,53 @@ async def test_browser_client_recovers_missed_events_with_since(
     assert await page.evaluate("window.recoveries") == [True]
 
 
+async def test_an_unrecovered_notice_reloads_the_dashboard_and_moves_the_position(
+    start_service: ServiceFactory, open_page: Any
+) -> None:
+    """The broker lost publications of `global` (Redis restarted): the page is told by the
+    hub's `unrecovered` frame, reloads its tables over REST, and carries on in the new epoch."""
+    service = await start_service(surfaces=SURFACES)
+    page = await open_page(dashboard_url(service, "/dashboard"))
+    await wait_connected(page)
+    await subscribed(page, "global")
+    await page.evaluate(
+        """() => {
+            window.recoveries = [];
+            window.cmClient.on('recovery', (r) => window.recoveries.push(
+                { channel: r.channel, recovered: r.recovered, reason: r.reason,
+                  offset: r.offset, epoch: r.epoch }));
+        }"""
+    )
+    async with api(service) as http:
+        task = (await http.post("/api/tasks", json={"title": "before the loss"})).json()
+        await page.wait_for_selector(f'#tasks tr[data-task="{task["id"]}"]', timeout=5_000)
+        reloads: list[str] = []
+        page.on("request", lambda r: reloads.append(r.url) if "/api/tasks" in r.url else None)
+
+        # What the broker hands the hub after such a restart (tests/test_broker.py: when).
+        service.manager.hub.handle_reset(
+            StreamReset("global", StreamPosition(0, "e-after"), ResetReason.NEW_EPOCH)
+        )
+        await page.wait_for_function("() => window.recoveries.length === 1")
+        assert await page.evaluate("window.recoveries[0]") == {
+            "channel": "global",
+            "recovered": False,
+            "reason": "new_epoch",
+            "offset": 0,
+            "epoch": "e-after",
+        }
+        assert await page.evaluate("window.cmClient.position('global')") == {
+            "offset": 0,
+            "epoch": "e-after",
+        }
+        # The tables are reloaded over REST.
+        for _ in range(100):
+            if reloads:
+                break
+            await asyncio.sleep(0.05)
+        assert reloads, "the dashboard did not reload its tables"
+
+
 # --- the React hooks, with the real React ---------------------------------------------------
 
 REACT = Path(__file__).resolve().parent / "vendor" / "react-18.3.1"
@@ -476,6 +526,7 @@ async def test_react_hooks_share_one_client_and_follow_the_stream(
         """async (url) => {
             const { createRealtimeHooks } = await import('/static/react-hooks.js');
             const hooks = createRealtimeHooks(React, { url, agentId: 'react-ui' });
+            window.hookRecoveries = [];
             const e = React.createElement;
             function App() {
                 const { metrics, connected } = hooks.useRealtimeMetrics();
@@ -483,6 +534,8 @@ async def test_react_hooks_share_one_client_and_follow_the_stream(
                     channels: ['global'], event: 'task.*', limit: 3 });
                 const { messages, send } = hooks.useAgentChannel('react-ui');
                 window.sendMessage = send;
+                hooks.useWebSocket({ channels: ['global'], onRecovery: (r) =>
+                    window.hookRecoveries.push([r.channel, r.recovered, r.reason]) });
                 return e('div', { id: 'app' }, JSON.stringify({
                     connected,
                     agents: metrics ? metrics.active_agents : null,
@@ -532,6 +585,15 @@ async def test_react_hooks_share_one_client_and_follow_the_stream(
         "() => JSON.parse(document.querySelector('#app').textContent).messages.length === 1"
     )
     assert (await view())["messages"] == ["hi back"]
+
+    # Lost publications: only the hook that asked for the channel is told.
+    for channel in ("agents/react-ui", "global"):
+        service.manager.hub.handle_reset(
+            StreamReset(channel, StreamPosition(0, "e-after"), ResetReason.NEW_EPOCH)
+        )
+    await page.wait_for_function("() => window.hookRecoveries.length === 1")
+    await asyncio.sleep(0.2)
+    assert await page.evaluate("window.hookRecoveries") == [["global", False, "new_epoch"]]
 
 
 # --- screenshots ----------------------------------------------------------------------------

@@ -7,7 +7,14 @@ use it without FastAPI, SQLAlchemy or pydantic installed.
 """
 
 from app.client.backoff import Backoff, event_matcher, should_reconnect
-from app.client.realtime import ConnectionState, Event, RealtimeClient, RealtimeError, StateChange
+from app.client.realtime import (
+    ConnectionState,
+    Event,
+    RealtimeClient,
+    RealtimeError,
+    Recovery,
+    StateChange,
+)
 from app.client.rest import ApiError, Page, RestClient
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "Page",
     "RealtimeClient",
     "RealtimeError",
+    "Recovery",
     "RestClient",
     "StateChange",
     "event_matcher",

@@ -9,8 +9,12 @@ It behaves like the browser client (app/dashboard/static/client.js): states conn
 connected → reconnecting → connected (or offline when it gives up, closed after close());
 the seed's keepalive ping every 25 s, with silence treated as a dead connection; every channel
 resubscribed after a reconnect, with `since` = the last offset/epoch seen so a server that keeps
-history replays what was missed. A publish in flight when the connection drops fails with
-`RealtimeError("DISCONNECTED")`: it may or may not have been delivered, the caller decides.
+history replays what was missed. When it could not (`recovered: false` in the resubscribe's
+ack, or an `unrecovered` frame: the server lost publications of a channel, e.g. Redis restarted
+without persistence) `on_recovery` callbacks get a `Recovery` — reload that channel's state —
+and the position moves to where the server's stream goes on. A publish in flight when the
+connection drops fails with `RealtimeError("DISCONNECTED")`: it may or may not have been
+delivered, the caller decides.
 
 Exceptions::
 
@@ -103,6 +107,25 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Recovery:
+    """Whether a channel's missed events were recovered; on False, reload its state.
+
+    `reason` is "resubscribe" (the ack of a resubscribe with `since`), or the server's
+    `unrecovered` reason: "new_epoch" (the stream restarted: its history was lost) or "gap"
+    (the history no longer reached back far enough). `offset`/`epoch` is the position the
+    events that follow continue from.
+    """
+
+    channel: str
+    recovered: bool
+    offset: int | None
+    epoch: str | None
+    reason: str
+    replayed: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class StateChange:
     state: ConnectionState
     previous: ConnectionState
@@ -148,6 +171,7 @@ class _EventQueue:
 
 StateCallback = Callable[[StateChange], None]
 EventCallback = Callable[[Event], None]
+RecoveryCallback = Callable[[Recovery], None]
 
 
 class RealtimeClient:
@@ -201,6 +225,7 @@ class RealtimeClient:
         self._queues: set[_EventQueue] = set()
         self._state_callbacks: list[StateCallback] = []
         self._event_callbacks: list[EventCallback] = []
+        self._recovery_callbacks: list[RecoveryCallback] = []
         self._state_changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._last_frame = asyncio.get_running_loop().time()
@@ -261,6 +286,15 @@ class RealtimeClient:
         """Call `callback(Event)` for every event received; returns a remover."""
         self._event_callbacks.append(callback)
         return lambda: self._event_callbacks.remove(callback)
+
+    def on_recovery(self, callback: RecoveryCallback) -> Callable[[], None]:
+        """Call `callback(Recovery)` after each recovery attempt and server loss notice.
+
+        On `recovered` False the channel's events before `offset`/`epoch` may be lost: reload
+        the channel's state (over REST); the events that follow continue from there.
+        """
+        self._recovery_callbacks.append(callback)
+        return lambda: self._recovery_callbacks.remove(callback)
 
     async def wait_for_state(self, state: ConnectionState, timeout: float | None = None) -> None:
         """Wait until the client is in `state`; raise RealtimeError(TIMEOUT) after `timeout`."""
@@ -444,6 +478,8 @@ class RealtimeClient:
             self._settle(frame.get("id"), frame, None)
         elif kind in ("pong", "connected"):
             return
+        elif kind == "unrecovered":
+            self._unrecovered(frame)
         elif "error" in frame and "code" in frame:
             error = RealtimeError(str(frame["code"]), str(frame["error"]), frame)
             if not self._settle(frame.get("id"), None, error):
@@ -465,6 +501,31 @@ class RealtimeClient:
                     callback(event)
                 except Exception:  # noqa: BLE001 - a callback's bug must not break the client
                     logger.exception("event callback failed")
+
+    def _unrecovered(self, frame: dict[str, Any]) -> None:
+        """The server lost publications of a channel up to (offset, epoch); go on from there."""
+        channel, offset, epoch = frame.get("channel"), frame.get("offset"), frame.get("epoch")
+        if not isinstance(channel, str) or channel not in self._subs:
+            return
+        if not isinstance(offset, int) or not isinstance(epoch, str):
+            return
+        # Even behind our position in the same epoch: the stream was rolled back, and the
+        # offsets that follow are new publications, not repeats to drop.
+        self._positions[channel] = (offset, epoch)
+        self._report_recovery(
+            Recovery(channel, False, offset, epoch, str(frame.get("reason") or ""), raw=frame)
+        )
+
+    def _report_recovery(self, recovery: Recovery) -> None:
+        if not recovery.recovered:
+            logger.info(
+                "could not recover %s (%s): reload its state", recovery.channel, recovery.reason
+            )
+        for callback in list(self._recovery_callbacks):
+            try:
+                callback(recovery)
+            except Exception:  # noqa: BLE001 - a callback's bug must not break the client
+                logger.exception("recovery callback failed")
 
     def _settle(
         self, request_id: Any, ack: dict[str, Any] | None, error: RealtimeError | None
@@ -607,8 +668,6 @@ class RealtimeClient:
             return
         sub.confirmed = True
         sub.ack = ack
-        if "since" in message and ack.get("recovered") is False:
-            logger.info("could not recover %s: reload its state", channel)
         for waiter in sub.waiters:
             if not waiter.done():
                 waiter.set_result(ack)
@@ -621,9 +680,25 @@ class RealtimeClient:
         channel = message.get("channel")
         if not isinstance(offset, int) or not isinstance(channel, str):
             return
-        if "since" not in message or ack.get("recovered") is False:
-            epoch = ack.get("epoch")
-            self._positions[channel] = (offset, epoch if isinstance(epoch, str) else None)
+        epoch = ack.get("epoch")
+        epoch = epoch if isinstance(epoch, str) else None
+        recovered = ack.get("recovered")
+        if "since" not in message or recovered is False:
+            self._positions[channel] = (offset, epoch)
+        if "since" in message and isinstance(recovered, bool):
+            # Here, before the replayed events that follow the ack are dispatched.
+            replayed = ack.get("replayed")
+            self._report_recovery(
+                Recovery(
+                    channel,
+                    recovered,
+                    offset,
+                    epoch,
+                    "resubscribe",
+                    replayed if isinstance(replayed, int) else 0,
+                    raw=ack,
+                )
+            )
 
     async def unsubscribe(self, channel: str) -> dict[str, Any] | None:
         """Stop receiving `channel` and stop resubscribing to it."""

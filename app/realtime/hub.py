@@ -9,6 +9,11 @@ moment it asks, the stream position (and, with `since`, the missed publications)
 the broker, and then — in one step with no await — the ack, the replay, the buffered
 publications not already replayed, and the switch to live delivery happen. Nothing published
 meanwhile is lost or sent twice, whatever the broker's latency.
+
+When the broker knows this node missed publications it can no longer deliver (a StreamReset:
+Redis lost its data, or the history was trimmed past the node's position), `handle_reset` sends
+every subscriber of the channel one `unrecovered` frame, in order with the publications — the
+next ones it gets follow the reset's position. A subscribe in flight buffers it like one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.realtime.broker.base import Broker
+from app.realtime.broker.base import Broker, StreamReset
 from app.realtime.connection import Connection
 from app.realtime.history import StreamPosition
 from app.realtime.publication import Publication
@@ -47,7 +52,7 @@ class Hub:
         # dict as an insertion-ordered set: iteration is fast and deterministic.
         self._channels: dict[str, dict[Connection, None]] = {}
         # Connections between "subscribe asked" and "live": their publications wait here.
-        self._buffers: dict[str, dict[Connection, list[Publication]]] = {}
+        self._buffers: dict[str, dict[Connection, list[Publication | StreamReset]]] = {}
         # Channels whose broker subscription is in flight: later subscribers wait on it.
         self._pending: dict[str, asyncio.Future[bool]] = {}
         # In-process listeners (waits.py: an agent's long poll), called with each publication.
@@ -77,6 +82,23 @@ class Hub:
         stats.deliveries += delivered
         stats.messages_out["event"] += delivered
         stats.delivery_rate.mark(delivered)
+
+    def handle_reset(self, reset: StreamReset) -> None:
+        """Tell the channel's subscribers that publications up to `reset.position` may be lost."""
+        channel = reset.channel
+        buffers = self._buffers.get(channel)
+        if buffers:
+            for pending in buffers.values():
+                pending.append(reset)
+        subscribers = self._channels.get(channel)
+        if not subscribers:
+            return
+        frame = reset.frame
+        sent = 0
+        for connection in subscribers:
+            if connection.send(frame):
+                sent += 1
+        self._stats.messages_out["unrecovered"] += sent
 
     async def _ensure_broker_subscription(self, channel: str) -> dict[Connection, None]:
         subscribers = self._channels.get(channel)
@@ -118,7 +140,7 @@ class Hub:
                 on_subscribed(outcome)
             return outcome
         buffers = self._buffers.setdefault(channel, {})
-        buffer: list[Publication] = []
+        buffer: list[Publication | StreamReset] = []
         buffers[connection] = buffer
         try:
             if since is None:
@@ -142,11 +164,18 @@ class Hub:
         for publication in replay:
             connection.send(publication.frame)
             last = publication.offset
-        for publication in buffer:
-            if publication.epoch != epoch or publication.offset > last:
-                connection.send(publication.frame)
-                last = publication.offset
-        sent = len(replay) + len(buffer)
+        sent = len(replay)
+        for item in buffer:
+            # A reset at or below the position read, in its epoch, came before that read:
+            # the ack already told the client where it stands (recovered: false with `since`).
+            at = item.position if isinstance(item, StreamReset) else item
+            if at.epoch != epoch or at.offset > last:
+                connection.send(item.frame)
+                last, epoch = at.offset, at.epoch
+                if isinstance(item, StreamReset):
+                    self._stats.messages_out["unrecovered"] += 1
+                else:
+                    sent += 1
         if sent:
             self._stats.messages_out["event"] += sent
         if connection not in subscribers:

@@ -15,6 +15,13 @@ Server → client::
     {"type": "ack", "id": "sub-1", "success": true, "timestamp": ...}
     {"type": "pong", "timestamp": ...}
     {"error": "Invalid channel", "code": "INVALID_CHANNEL", "timestamp": ..., "id": "sub-1"}
+    {"type": "unrecovered", "channel": "global", "offset": 0, "epoch": "19f755c2",
+     "recovered": false, "reason": "new_epoch", "timestamp": ...}
+
+`unrecovered` tells a subscriber that publications of the channel may have been lost before
+the given position (the broker lost its history, or trimmed it past what this node had
+delivered); the subscription goes on with every publication after that position. A seed client
+ignores it (an unknown `type`); the SDKs move their position there and report a failed recovery.
 
 Frames are encoded with orjson into UTF-8 bytes, which are framed as WebSocket text frames
 without a round trip through `str`; an event frame is encoded once per publication and the
@@ -154,6 +161,33 @@ def event_frame(
             "timestamp": timestamp,
             "offset": offset,
             "epoch": epoch,
+        }
+    )
+
+
+class ResetReason(enum.StrEnum):
+    """Why an `unrecovered` frame was sent (its `reason`)."""
+
+    NEW_EPOCH = "new_epoch"  # the stream restarted (history lost): the old epoch's tail may be gone
+    GAP = "gap"  # same epoch, offsets missing: history trimmed past this node's last delivery
+
+
+def unrecovered_frame(channel: str, offset: int, epoch: str, reason: ResetReason) -> bytes:
+    """Tell a channel's subscribers that publications up to (offset, epoch) may be lost.
+
+    The keys are those of a subscribe ack after a failed recovery (`offset`, `epoch`,
+    `recovered: false`), so a client handles both the same way: reload its state, and take
+    (offset, epoch) as its position. No `event` key: a seed client must not take it for one.
+    """
+    return _dumps(
+        {
+            "type": "unrecovered",
+            "channel": channel,
+            "offset": offset,
+            "epoch": epoch,
+            "recovered": False,
+            "reason": reason.value,
+            "timestamp": now_ms(),
         }
     )
 

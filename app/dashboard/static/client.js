@@ -17,6 +17,10 @@
  *     counts as a dead connection and triggers a reconnect;
  *   - remembers the last `offset`/`epoch` seen per channel and sends it as `since` when it
  *     resubscribes (servers that keep history replay what was missed; others ignore it);
+ *   - a "recovery" event whenever that did not work — the resubscribe's ack says
+ *     recovered:false, or the server sends {"type":"unrecovered"} (it lost publications of the
+ *     channel, e.g. Redis restarted without persistence): reload that channel's state. After
+ *     the notice the position is the server's, so a later reconnect recovers from there;
  *   - connection states: connecting → connected → reconnecting … → connected, or offline
  *     (gave up: a "do not reconnect" close code, retries exhausted, or the browser is offline),
  *     or closed (you called close()).
@@ -116,8 +120,10 @@ export class RealtimeClient {
   /**
    * Listen to "state" ({state, previous, attempt, delay}), "connected" ({clientId}),
    * "reconnecting" ({attempt, delay, code}), "offline" ({reason, code}), "event" (frame),
-   * "error" (error frame without a request id), "recovery" ({channel, recovered, ack}),
-   * "frame" (every decoded frame). Returns a function that removes the listener.
+   * "error" (error frame without a request id), "recovery" ({channel, recovered, reason,
+   * offset, epoch, ack}: reason "resubscribe", or the server's "new_epoch" / "gap"; on
+   * recovered:false reload the channel's state), "frame" (every decoded frame).
+   * Returns a function that removes the listener.
    */
   on(type, fn) {
     if (!this._listeners.has(type)) this._listeners.set(type, new Set());
@@ -312,6 +318,7 @@ export class RealtimeClient {
     if (frame.type === "connected") return this._onConnected(frame);
     if (frame.type === "ack") return this._settle(frame.id, frame, null);
     if (frame.type === "pong") return;
+    if (frame.type === "unrecovered") return this._onUnrecovered(frame);
     if (frame.error !== undefined && frame.code !== undefined) {
       const err = new RealtimeError(frame.code, frame.error, frame);
       if (frame.id !== undefined && this._pending.has(frame.id)) return this._settle(frame.id, null, err);
@@ -327,6 +334,16 @@ export class RealtimeClient {
       }
       this._emit("event", frame);
     }
+  }
+
+  /** The server lost publications of a channel up to (offset, epoch); events go on from there. */
+  _onUnrecovered(frame) {
+    const { channel, offset, epoch } = frame;
+    if (!this._subscriptions.has(channel) || typeof offset !== "number" || typeof epoch !== "string") return;
+    // Even behind our position in the same epoch: the stream was rolled back, and the offsets
+    // that follow are new publications, not repeats to drop.
+    this._positions.set(channel, { offset, epoch });
+    this._emit("recovery", { channel, recovered: false, reason: frame.reason || "", offset, epoch, ack: frame });
   }
 
   _onConnected(frame) {
@@ -476,7 +493,8 @@ export class RealtimeClient {
         // could not be recovered; after a successful recovery the replayed events advance it.
         if (top && (!message.since || ack.recovered === false)) this._positions.set(channel, top);
         if (message.since && ack.recovered !== undefined) {
-          this._emit("recovery", { channel, recovered: ack.recovered === true, ack });
+          const detail = { channel, recovered: ack.recovered === true, reason: "resubscribe", ack };
+          this._emit("recovery", { ...detail, offset: ack.offset ?? null, epoch: ack.epoch ?? null });
         }
         for (const w of sub.waiters.splice(0)) {
           clearTimeout(w.timer);

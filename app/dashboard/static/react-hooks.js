@@ -8,7 +8,7 @@
  *   export const { useWebSocket, useRealtimeMetrics, useRealtimeEvents, useAgentChannel } =
  *     createRealtimeHooks(React, { url: "ws://127.0.0.1:3849/ws", agentId: "dashboard-ui" });
  *
- *   const { connected, lastMessage, send } = useWebSocket({ channels: ["global"], onEvent });
+ *   const { connected, lastMessage, send } = useWebSocket({ channels: ["global"], onEvent, onRecovery });
  *   const { metrics, connected } = useRealtimeMetrics();
  *   const { events, clear } = useRealtimeEvents({ channels: ["global"], event: "task.*", limit: 100 });
  *   const { messages, send } = useAgentChannel("backend-laravel");
@@ -44,22 +44,36 @@ export function createRealtimeHooks(React, options = {}) {
     return state;
   }
 
-  /** {connected, state, lastMessage, send(channel, event, data), client} for `channels`. */
-  function useWebSocket({ channels = ["global"], onEvent, client: own } = {}) {
+  /**
+   * {connected, state, lastMessage, send(channel, event, data), client} for `channels`.
+   * `onRecovery({channel, recovered, reason, offset, epoch})` is called when events of one of
+   * them could not be recovered (after a reconnect, or the server's "unrecovered" notice):
+   * reload that channel's state there.
+   */
+  function useWebSocket({ channels = ["global"], onEvent, onRecovery, client: own } = {}) {
     const client = own || getClient();
     const state = useConnectionState(client);
     const [lastMessage, setLastMessage] = useState(null);
     const handler = useRef(onEvent);
     handler.current = onEvent;
+    const recovery = useRef(onRecovery);
+    recovery.current = onRecovery;
     const key = channels.join("\n");
     useEffect(() => {
       const wanted = new Set(key ? key.split("\n") : []);
       for (const channel of wanted) client.subscribe(channel).catch((err) => console.warn(`subscribe ${channel}:`, err.message));
-      return client.on("event", (frame) => {
+      const offEvent = client.on("event", (frame) => {
         if (!wanted.has(frame.channel)) return;
         setLastMessage(frame);
         handler.current?.(frame);
       });
+      const offRecovery = client.on("recovery", (detail) => {
+        if (wanted.has(detail.channel)) recovery.current?.(detail);
+      });
+      return () => {
+        offEvent();
+        offRecovery();
+      };
     }, [client, key]);
     const send = useCallback((channel, event, data) => client.publish(channel, event, data), [client]);
     return { connected: state === "connected", state, lastMessage, send, client };

@@ -1,22 +1,60 @@
 """The broker contract: publish to a channel, keep its history, call back for publications.
 
 The hub subscribes a node to a channel on the broker once, however many local clients
-subscribe; the broker calls `BrokerHandler.handle_publication` once per publication per node.
+subscribe; the broker calls `BrokerHandler.handle_publication` once per publication per node,
+and `handle_reset` when it knows the node missed publications it cannot deliver any more.
 A broker also owns each channel's stream position (offset + epoch) and retained history, so
 that offsets are assigned in one place for the whole cluster (see history.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from app.realtime.frames import Frame
 from app.realtime.history import HistoryPage, StreamPosition, history_page
+from app.realtime.protocol import ResetReason, unrecovered_frame
 from app.realtime.publication import Publication
+
+
+@dataclass(slots=True)
+class StreamReset:
+    """Publications of `channel` up to `position` may never reach this node's subscribers.
+
+    A multi-node broker sends it when its history cannot cover what the node missed (Redis
+    restarted without persistence: a new epoch; or the history was trimmed past the node's last
+    delivered position). Delivery goes on, in order, with the publications after `position`.
+    """
+
+    channel: str
+    position: StreamPosition
+    reason: ResetReason
+    _frame: Frame | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def frame(self) -> Frame:
+        """The `unrecovered` frame, encoded once for every subscriber."""
+        frame = self._frame
+        if frame is None:
+            position = self.position
+            frame = self._frame = Frame(
+                unrecovered_frame(self.channel, position.offset, position.epoch, self.reason),
+                "unrecovered",
+            )
+        return frame
 
 
 class BrokerHandler(Protocol):
     def handle_publication(self, publication: Publication) -> None:
         """Deliver a publication to this node's subscribers. Must not block."""
+
+    def handle_reset(self, reset: StreamReset) -> None:
+        """Tell this node's subscribers of `reset.channel` what may be lost. Must not block.
+
+        Called in order with the channel's publications: the ones that follow it are those
+        after `reset.position`.
+        """
 
 
 class Broker(Protocol):

@@ -354,6 +354,7 @@ class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
         if not self._healthy:
             raise BrokerUnavailable(channel)
         self._channels.add(channel)
+        await self._track_from_now(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)

@@ -29,7 +29,10 @@ When the pub/sub connection breaks the broker reports unhealthy, reconnects with
 exponential backoff and jitter, re-subscribes every channel, then reads each channel's history
 since the last publication it delivered and delivers what it missed (resume.py) before going
 live again. Publications made while Redis was down failed at the publisher (an error, not a
-silent loss); after a restart that lost the data, channels start a new epoch.
+silent loss). After a restart that lost the data a channel starts a new epoch: the node tells
+its subscribers that the old epoch's tail may be lost (a StreamReset), then delivers the new
+epoch from its first publication — other nodes may have published there before this node's
+link came back.
 """
 
 from __future__ import annotations
@@ -454,6 +457,7 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise BrokerUnavailable(channel) from exc
+        await self._track_from_now(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         if channel not in self._channels:

@@ -3,13 +3,23 @@
 A multi-node broker's subscription can break (Redis restarted, the LISTEN connection dropped).
 Publications made while this node was not listening never reach it through pub/sub; the ones
 still in the channel's retained history can be won back. `DeliveryTracker` remembers, per
-subscribed channel, the last (epoch, offset) handed to the hub, so that after a reconnect
+subscribed channel, the last (epoch, offset) handed to the hub — from the moment the node
+subscribed, so that a channel quiet until the break is caught up too — and after a reconnect
 
 1. the broker reads each channel's history since that position and delivers what is missing,
    in order (`catch_up`), while live messages wait in a backlog;
-2. live messages already delivered by the catch-up are dropped (`admit`).
+2. when the history no longer covers that position — the stream restarted under a new epoch
+   (Redis lost its data), or was trimmed past it — the hub is told first (`StreamReset`: the
+   subscribers may have lost publications up to a position), then gets every publication the
+   history still holds after that position: all of a new epoch's, from its offset 1;
+3. live messages already delivered by the catch-up are dropped (`admit`).
 
-Nothing here runs per subscriber: one dict lookup and one tuple per publication per node.
+A live publication that does not follow the last delivered one (an offset skipped, or a new
+epoch not starting at 1) cannot happen while the link is up, but if it does the hub is told as
+well: a gap is never silent.
+
+Nothing here runs per subscriber: one dict lookup, two comparisons and one tuple per
+publication per node.
 
 `ListenLoop` is the loop both multi-node brokers keep their pub/sub link with: connect,
 subscribe, catch up after a reconnect, watch, and back off with full jitter when it breaks.
@@ -24,13 +34,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
-from app.realtime.broker.base import BrokerHandler
+from app.realtime.broker.base import BrokerHandler, StreamReset
 from app.realtime.history import HistoryPage, StreamPosition
+from app.realtime.protocol import ResetReason
 from app.realtime.publication import Publication
 
 logger = logging.getLogger("context_manager.broker")
 
-HistoryReader = Callable[[str, StreamPosition], Awaitable[HistoryPage]]
+HistoryReader = Callable[[str, StreamPosition | None], Awaitable[HistoryPage]]
 
 # Channels read concurrently during a catch-up: enough to be quick, few enough for the pool.
 CATCH_UP_CONCURRENCY = 32
@@ -46,16 +57,25 @@ L = TypeVar("L")
 class DeliveryTracker:
     """Per-channel last delivered position, duplicate filter and post-reconnect catch-up."""
 
-    __slots__ = ("_last", "_handler", "_backlog", "_holding")
+    __slots__ = ("_last", "_handler", "_backlog", "_holding", "resets")
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[str, int]] = {}
         self._handler: BrokerHandler | None = None
         self._backlog: list[Publication] = []
         self._holding = False
+        self.resets = 0  # StreamResets sent to the hub (a count for /metrics and tests)
 
     def bind(self, handler: BrokerHandler | None) -> None:
         self._handler = handler
+
+    def start_at(self, channel: str, position: StreamPosition) -> None:
+        """The node subscribed to `channel` when its stream stood at `position`.
+
+        Read after the subscription took effect, so every local subscriber's own starting
+        point is at or after it; a catch-up then starts there even if nothing was delivered.
+        """
+        self._last.setdefault(channel, (position.epoch, position.offset))
 
     def forget(self, channel: str) -> None:
         """The node stopped listening to `channel`: nothing to catch up there."""
@@ -72,15 +92,33 @@ class DeliveryTracker:
         channel = publication.channel
         last = self._last.get(channel)
         epoch = publication.epoch
-        if last is not None and last[0] == epoch and publication.offset <= last[1]:
-            return  # already delivered by a catch-up
-        self._last[channel] = (epoch, publication.offset)
+        offset = publication.offset
+        if last is not None and (last[0] != epoch or offset != last[1] + 1):
+            if last[0] == epoch:
+                if offset <= last[1]:
+                    return  # already delivered by a catch-up
+                self._reset(channel, StreamPosition(offset - 1, epoch), ResetReason.GAP)
+            elif offset != 1:
+                self._reset(channel, StreamPosition(offset - 1, epoch), ResetReason.NEW_EPOCH)
+            # A new epoch from its offset 1 with the link up: the old epoch's publications all
+            # came before it (one connection, in order), and nothing of the new one is missing.
+        self._last[channel] = (epoch, offset)
         handler = self._handler
         if handler is not None:
             try:
                 handler.handle_publication(publication)
             except Exception:  # noqa: BLE001 - one bad delivery must not stop the listener
                 logger.exception("handler failed on a publication to %s", channel)
+
+    def _reset(self, channel: str, position: StreamPosition, reason: ResetReason) -> None:
+        self._last[channel] = (position.epoch, position.offset)
+        self.resets += 1
+        handler = self._handler
+        if handler is not None:
+            try:
+                handler.handle_reset(StreamReset(channel, position, reason))
+            except Exception:  # noqa: BLE001 - as for a publication
+                logger.exception("handler failed on a stream reset of %s", channel)
 
     def hold(self) -> None:
         """Queue live publications until `release` (a catch-up is about to run)."""
@@ -101,9 +139,10 @@ class DeliveryTracker:
     async def catch_up(self, channels: Iterable[str], read: HistoryReader) -> int:
         """Deliver what each channel published since its last delivered position.
 
-        Channels whose history no longer covers the gap (new epoch, trimmed) are skipped:
-        their subscribers see the next publication's epoch or offset jump and recover the way
-        a reconnecting client does. Returns the number of publications won back.
+        Where the history no longer covers that position (a new epoch, or trimmed past it),
+        the hub is told what may be lost (a StreamReset) and then gets every publication the
+        history still holds — all of a new epoch's. Returns the number of publications
+        delivered.
         """
         targets = [
             (channel, StreamPosition(last[1], last[0]))
@@ -113,20 +152,52 @@ class DeliveryTracker:
         recovered = 0
         for start in range(0, len(targets), CATCH_UP_CONCURRENCY):
             batch = targets[start : start + CATCH_UP_CONCURRENCY]
-            pages = await asyncio.gather(*(read(channel, since) for channel, since in batch))
-            for (channel, since), page in zip(batch, pages, strict=True):
-                if not page.recoverable:
-                    logger.warning(
-                        "broker gap on %s not recoverable (epoch %s -> %s)",
-                        channel,
-                        since.epoch,
-                        page.position.epoch,
-                    )
-                    continue
-                for publication in page.publications:
+            missed = await asyncio.gather(*(_missed(c, since, read) for c, since in batch))
+            # No await from here on: the resets and publications go out in stream order.
+            for (channel, _), (reset, publications) in zip(batch, missed, strict=True):
+                if reset is not None:
+                    self._reset(channel, *reset)
+                for publication in publications:
                     self._admit(publication)
                     recovered += 1
         return recovered
+
+
+async def _missed(
+    channel: str, since: StreamPosition, read: HistoryReader
+) -> tuple[tuple[StreamPosition, ResetReason] | None, list[Publication]]:
+    """What follows `since`: (None, the missed publications), or — when the history no longer
+    covers `since` — (the reset's position and reason, what the history holds after it)."""
+    page = await read(channel, since)
+    if page.recoverable:
+        return None, page.publications
+    top = page.position
+    if top.epoch == since.epoch and since.offset > top.offset:
+        # Rolled back under the same epoch (Redis restored from a snapshot older than what
+        # was delivered, docs/delivery.md): what it retains was delivered already.
+        logger.warning(
+            "broker stream %s rolled back from offset %d to %d (epoch %s)",
+            channel,
+            since.offset,
+            top.offset,
+            top.epoch,
+        )
+        return (top, ResetReason.GAP), []
+    page = await read(channel, None)
+    top = page.position
+    first = page.publications[0].offset if page.publications else top.offset + 1
+    reason = ResetReason.NEW_EPOCH if top.epoch != since.epoch else ResetReason.GAP
+    logger.warning(
+        "broker gap on %s not recoverable (%s: epoch %s offset %d -> epoch %s); "
+        "delivering from offset %d",
+        channel,
+        reason.value,
+        since.epoch,
+        since.offset,
+        top.epoch,
+        first,
+    )
+    return (StreamPosition(first - 1, top.epoch), reason), page.publications
 
 
 class ListenLoop(Generic[L]):
@@ -160,6 +231,29 @@ class ListenLoop(Generic[L]):
     def _drop_link(self, link: L | None) -> None:
         """Forget and close the link (None: it never opened)."""
         raise NotImplementedError
+
+    async def position(self, channel: str) -> StreamPosition:
+        """The stream's current top (the broker's `position`)."""
+        raise NotImplementedError
+
+    async def _track_from_now(self, channel: str) -> None:
+        """Record where `channel` stood once this node's subscription took effect.
+
+        A catch-up after a reconnect then covers a channel that was quiet until the break.
+        Best effort: when the read fails the hub's own position read fails too, and the
+        subscribe with it.
+        """
+        try:
+            position = await self.position(channel)
+        except Exception:  # noqa: BLE001 - see above
+            return
+        if channel in self._channels:
+            self._tracker.start_at(channel, position)
+
+    @property
+    def stream_resets(self) -> int:
+        """Channels whose subscribers were told of publications the history could not cover."""
+        return self._tracker.resets
 
     async def _listen(self, read: HistoryReader) -> None:
         attempt = 0
