@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api.auth import require_identity
@@ -32,6 +33,7 @@ from app.api.routes import (
     channels,
     events,
     health,
+    index,
     messages,
     metrics,
     sessions,
@@ -49,6 +51,8 @@ from app.realtime.http import WebSocketSurface
 from app.realtime.manager import ConnectionManager
 
 logger = logging.getLogger("context_manager")
+
+DOCS_ASSETS = "/docs/assets"  # Swagger UI and ReDoc files, shipped by fastapi-offline
 
 
 @asynccontextmanager
@@ -87,14 +91,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for `settings` (read from the environment when omitted)."""
     settings = settings or Settings()
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts and styles from this app (DOCS_ASSETS),
+    # not from a CDN: they render on a machine without internet access too.
+    app = FastAPIOffline(
         title="context-manager",
         version=__version__,
         description="Real-time coordination for teams of AI agents: REST API.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
     )
     app.state.settings = settings
     app.include_router(health.router)
+    app.include_router(index.router)  # GET /api: open, like /docs and /openapi.json
     # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
     routers = (sessions, agents, tasks, subtasks, messages, actions, events, metrics, channels)
     for module in routers:

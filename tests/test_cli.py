@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -12,8 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
-from tests.conftest import free_port
+from tests.conftest import ServiceFactory, free_port
 
 CLI = str(Path(sys.executable).parent / "context-manager")
 
@@ -198,3 +201,47 @@ async def test_banner_says_where_everything_listens(tmp_path: Path) -> None:
     assert f"ws://127.0.0.1:{env['WS_PORT']}/" in banner
     assert f"http://127.0.0.1:{env['API_PORT']}/docs" in banner
     assert f"http://127.0.0.1:{env['WS_PORT']}/health" in banner
+
+
+async def test_every_address_of_the_banner_answers(start_service: ServiceFactory) -> None:
+    """The banner's links are what a newcomer clicks first: each one answers 200 (or connects)."""
+    from app.cli import _banner
+
+    surfaces = ("api", "ws", "dashboard")
+    service = await start_service(surfaces=surfaces)
+    banner = _banner(service.settings, surfaces)
+    links = re.findall(r"(?:http|ws)://\S+", banner)
+    assert len(links) == 6, banner
+    async with httpx.AsyncClient(timeout=5) as http:
+        for link in links:
+            if link.startswith("ws://"):
+                async with connect(link, open_timeout=5) as ws:
+                    assert json.loads(await ws.recv())["type"] == "connected"
+            else:
+                response = await http.get(link)
+                assert response.status_code == 200, (link, response.status_code)
+
+
+async def test_api_answers_with_an_index_of_the_resources(start_service: ServiceFactory) -> None:
+    service = await start_service(surfaces=("api", "dashboard"))
+    s = service.settings
+    async with httpx.AsyncClient(timeout=5) as http:
+        index = (await http.get(f"http://127.0.0.1:{s.api_port}/api")).json()
+        schema = (await http.get(f"http://127.0.0.1:{s.api_port}/openapi.json")).json()
+        assert index["docs"] == "/docs" and index["openapi"] == "/openapi.json"
+        names = [r["name"] for r in index["resources"]]
+        assert {"tasks", "subtasks", "messages", "agents", "sessions", "metrics"} <= set(names)
+        listed = {op for r in index["resources"] for op in r["operations"]}
+        documented = {
+            f"{method.upper()} {path}"
+            for path, item in schema["paths"].items()
+            if path.startswith("/api/")
+            for method in item
+        }
+        assert listed == documented  # every operation, nothing invented
+        for resource in index["resources"]:
+            if f"GET {resource['url']}" in resource["operations"]:
+                answer = await http.get(f"http://127.0.0.1:{s.api_port}{resource['url']}")
+                assert answer.status_code == 200, resource
+        # The dashboard port forwards /api: the same index there.
+        assert (await http.get(f"http://127.0.0.1:{s.dashboard_port}/api")).json() == index
