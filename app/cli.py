@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app import __version__, cli_client
-from app.core.config import Settings
+from app.core.config import MAKE_SECRET_KEY, Settings
 from app.core.logging import setup_logging
 
 SERVE_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -96,6 +98,17 @@ def _token_create(args: argparse.Namespace) -> int:
 
     # Minting needs only the key: do not insist on AUTH_MODE=token for this process.
     settings = Settings(auth_mode="open", allow_open_exposed=True)
+    if settings.jwt_algorithm == "HS256":
+        key = settings.secret_key.get_secret_value() if settings.secret_key else ""
+        if len(key) < 32:
+            # The server refuses such a key, so a token signed with it would never be accepted.
+            problem = f"SECRET_KEY has {len(key)} characters" if key else "no signing key"
+            print(
+                f"error: {problem}: token create signs with SECRET_KEY, the server's key "
+                f"(32+ characters). Set the same one for both; make one with: {MAKE_SECRET_KEY}",
+                file=sys.stderr,
+            )
+            return 2
     try:
         token = TokenCodec(settings).create(
             args.agent, role=Role(args.role), ttl=args.ttl, session_id=args.session
@@ -139,6 +152,36 @@ def _banner(settings: Settings, surfaces: Sequence[str]) -> str:
     lines.append(f"  database    {_redact(settings.database_url)}")
     lines.append(f"  broker      {settings.broker_kind}")
     return "\n".join(lines)
+
+
+_SECRET_FIELD_PARTS = ("key", "secret", "token", "url")  # never echo what may hold a password
+
+
+def explain_settings_error(error: ValidationError) -> list[str]:
+    """One line per problem, naming the variable to set (not pydantic's multi-line dump)."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        location = [str(part) for part in problem["loc"]]
+        if not location:  # a rule over several settings: its message names them
+            lines.append(message)
+            continue
+        name = location[0]
+        variable = name.upper()
+        value = problem.get("input")
+        if any(part in name for part in _SECRET_FIELD_PARTS) or not isinstance(
+            value, str | int | float
+        ):
+            lines.append(f"{variable}: {message}")
+        else:
+            lines.append(f"{variable}={value!r}: {message}")
+    return lines
+
+
+def _invalid_configuration(error: ValidationError) -> int:
+    for line in explain_settings_error(error):
+        print(f"error: invalid configuration: {line}", file=sys.stderr)
+    return 2
 
 
 def _redact(url: str) -> str:
@@ -205,15 +248,31 @@ def _migrate(settings: Settings, revision: str, downgrade: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`context-manager status --json | head`): stop quietly, as cat does.
+        # Point stdout at /dev/null so the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in cli_client.CLIENT_COMMANDS:
-        return cli_client.run(args)
+        try:
+            client_settings = cli_client.client_settings(args)
+        except ValidationError as exc:
+            return _invalid_configuration(exc)
+        return cli_client.run(args, client_settings)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
-        print(f"error: invalid configuration\n{exc}", file=sys.stderr)
-        return 2
+        return _invalid_configuration(exc)
     if args.command == "token":
         return _token_create(args)
 

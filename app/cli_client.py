@@ -105,7 +105,12 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("CONTEXT_MANAGER_TOKEN"),
         help="access token (CONTEXT_MANAGER_TOKEN), for AUTH_MODE=token",
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to connect (10)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to connect, and to wait for each answer (10)",
+    )
 
 
 def add_commands(commands: Any) -> None:
@@ -226,7 +231,19 @@ async def _tail(args: argparse.Namespace, url: str) -> int:
         print(message, file=sys.stderr, flush=True)
 
     client.on_state(on_state)
-    await client.connect(wait=False)
+    try:
+        # Up to --timeout for the first connection: a wrong port or a service that is down is
+        # an error, not an endless retry. Once connected, tail reconnects for as long as it runs.
+        await client.connect(timeout=args.timeout)
+    except RealtimeError:
+        await client.close()
+        reason = f", closed with {client.last_close_code}" if client.last_close_code else ""
+        print(
+            f"error: could not connect to {url} within {args.timeout:g} s{reason}; is the "
+            "service running there? (--ws-port, --url)",
+            file=sys.stderr,
+        )
+        return 1
     count = 0
     try:
         for channel in channels:

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api.auth import require_identity
@@ -33,6 +34,7 @@ from app.api.routes import (
     events,
     health,
     inbox,
+    index,
     messages,
     metrics,
     reservations,
@@ -47,6 +49,8 @@ from app.realtime.http import WebSocketSurface
 from app.runtime import Runtime
 
 logger = logging.getLogger("context_manager")
+
+DOCS_ASSETS = "/docs/assets"  # Swagger UI and ReDoc files, shipped by fastapi-offline
 
 
 @asynccontextmanager
@@ -74,14 +78,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for `settings` (read from the environment when omitted)."""
     settings = settings or Settings()
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts and styles from this app (DOCS_ASSETS),
+    # not from a CDN: they render on a machine without internet access too.
+    app = FastAPIOffline(
         title="context-manager",
         version=__version__,
         description="Real-time coordination for teams of AI agents: REST API.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
     )
     app.state.settings = settings
     app.include_router(health.router)
+    app.include_router(index.router)  # GET /api: open, like /docs and /openapi.json
     # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
     routers = (
         sessions,

@@ -7,12 +7,18 @@ small set (active sessions, online agents, unread messages, unfinished tasks). T
 status is kept by `TaskCounter`: finished tasks never change, so their counts are a base from
 a full count every ten minutes plus the tasks finished since. `bench/metrics_cost.py`
 measures the whole snapshot on a million rows.
+
+The last SERIES_WINDOW seconds of snapshots stay in memory (`MetricsTask.series`, GET
+/api/metrics/history) so the dashboard's activity chart opens with the minutes before it, not
+empty: the `metrics` channel's history keeps only the latest update.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -30,6 +36,8 @@ logger = logging.getLogger("context_manager.metrics")
 
 METRICS_CHANNEL = "metrics"
 METRICS_EVENT = "metric.update"
+SERIES_WINDOW = 600.0  # seconds of snapshots kept for the chart: its ten-minute window
+SERIES_MAX = 1200  # whatever the interval, a bounded list
 
 
 def _seconds_between(connection: AsyncConnection, start: Any, end: Any) -> ColumnElement[Any]:
@@ -184,6 +192,9 @@ class MetricsTask:
         self.published = 0  # metric.update events this node published
         self.last_duration = 0.0  # seconds the last snapshot took
         self._latest: dict[str, Any] | None = None
+        self._series: deque[dict[str, Any]] = deque(
+            maxlen=max(1, min(SERIES_MAX, math.ceil(SERIES_WINDOW / interval)))
+        )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.counter = TaskCounter()
@@ -209,7 +220,12 @@ class MetricsTask:
             self.last_duration = loop.time() - started
             self.computed += 1
             self._latest = snapshot
+            self._series.append(snapshot)
             return snapshot
+
+    def series(self) -> list[dict[str, Any]]:
+        """The snapshots of the last SERIES_WINDOW seconds (at most SERIES_MAX), oldest first."""
+        return list(self._series)
 
     async def latest(self) -> dict[str, Any]:
         """The latest snapshot (computed now when there is none yet)."""

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Generator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -46,6 +48,25 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Generator[None, None, None]:
         # Signals are handled once, by Service, for every server of the process.
         yield
+
+
+def _why_not_listening(host: str, port: int, surface: str) -> str:
+    """Why HOST:PORT cannot be bound, and the option (and variable) that changes it."""
+    option = f"--{surface.replace('_', '-')}-port or {surface.upper()}_PORT"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            return f"choose another port with {option}"
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"the port is in use by another program; choose another with {option}"
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(
+            exc, socket.gaierror
+        ):
+            return f"this machine has no address {host}; choose another with --host or HOST"
+        if exc.errno == errno.EACCES:
+            return f"not allowed to listen on port {port}; choose another with {option}"
+        return f"{exc.strerror or exc}; choose another port with {option}"
 
 
 def _port(settings: Settings, surface: str) -> int:
@@ -109,9 +130,10 @@ class Service:
                 self._tasks.append(task)
                 while not server.started:
                     if task.done():
+                        host, port = self.settings.host, _port(self.settings, surface)
                         raise StartupError(
-                            f"the {surface} server could not listen on "
-                            f"{self.settings.host}:{_port(self.settings, surface)}"
+                            f"the {surface} server could not listen on {host}:{port}: "
+                            + _why_not_listening(host, port, surface)
                         )
                     await asyncio.sleep(0.01)
         except BaseException:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -12,8 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
-from tests.conftest import free_port
+from app.core.config import MAKE_SECRET_KEY
+from tests.conftest import ServiceFactory, free_port
 
 CLI = str(Path(sys.executable).parent / "context-manager")
 
@@ -134,6 +138,9 @@ def test_invalid_configuration_exits_2(
     assert "invalid configuration" in err
     assert mentions in err.lower()
     assert "Traceback" not in err
+    # One line per problem, not pydantic's dump (its "N validation error" header, its URL).
+    assert all(line.startswith("error: invalid configuration: ") for line in err.splitlines())
+    assert "validation error" not in err and "pydantic" not in err
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -164,6 +171,9 @@ async def test_port_in_use_exits_1(
     assert code == 1, err
     assert f"error: the {variable[:-5].lower()} server could not listen" in err
     assert f"127.0.0.1:{busy_port}" in err
+    # It says why and what changes it: the option and the variable.
+    assert "the port is in use" in err
+    assert f"--{variable[:-5].lower()}-port or {variable}" in err
     assert "Traceback" not in err
 
 
@@ -198,3 +208,94 @@ async def test_banner_says_where_everything_listens(tmp_path: Path) -> None:
     assert f"ws://127.0.0.1:{env['WS_PORT']}/" in banner
     assert f"http://127.0.0.1:{env['API_PORT']}/docs" in banner
     assert f"http://127.0.0.1:{env['WS_PORT']}/health" in banner
+
+
+async def test_every_address_of_the_banner_answers(start_service: ServiceFactory) -> None:
+    """The banner's links are what a newcomer clicks first: each one answers 200 (or connects)."""
+    from app.cli import _banner
+
+    surfaces = ("api", "ws", "dashboard")
+    service = await start_service(surfaces=surfaces)
+    banner = _banner(service.settings, surfaces)
+    links = re.findall(r"(?:http|ws)://\S+", banner)
+    assert len(links) == 6, banner
+    async with httpx.AsyncClient(timeout=5) as http:
+        for link in links:
+            if link.startswith("ws://"):
+                async with connect(link, open_timeout=5) as ws:
+                    assert json.loads(await ws.recv())["type"] == "connected"
+            else:
+                response = await http.get(link)
+                assert response.status_code == 200, (link, response.status_code)
+
+
+async def test_api_answers_with_an_index_of_the_resources(start_service: ServiceFactory) -> None:
+    service = await start_service(surfaces=("api", "dashboard"))
+    s = service.settings
+    async with httpx.AsyncClient(timeout=5) as http:
+        index = (await http.get(f"http://127.0.0.1:{s.api_port}/api")).json()
+        schema = (await http.get(f"http://127.0.0.1:{s.api_port}/openapi.json")).json()
+        assert index["docs"] == "/docs" and index["openapi"] == "/openapi.json"
+        names = [r["name"] for r in index["resources"]]
+        assert {"tasks", "subtasks", "messages", "agents", "sessions", "metrics"} <= set(names)
+        listed = {op for r in index["resources"] for op in r["operations"]}
+        documented = {
+            f"{method.upper()} {path}"
+            for path, item in schema["paths"].items()
+            if path.startswith("/api/")
+            for method in item
+        }
+        assert listed == documented  # every operation, nothing invented
+        for resource in index["resources"]:
+            if f"GET {resource['url']}" in resource["operations"]:
+                answer = await http.get(f"http://127.0.0.1:{s.api_port}{resource['url']}")
+                assert answer.status_code == 200, resource
+        # The dashboard port forwards /api: the same index there.
+        assert (await http.get(f"http://127.0.0.1:{s.dashboard_port}/api")).json() == index
+
+
+async def test_a_host_off_loopback_without_a_key_says_in_one_line_what_to_set(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in base_env(tmp_path).items() if k != "SECRET_KEY"}
+    env["HOST"] = "0.0.0.0"
+    process = await asyncio.create_subprocess_exec(
+        CLI, "serve", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    lines = stderr.decode().splitlines()
+    assert process.returncode == 2
+    assert len(lines) == 1, lines
+    assert "HOST=0.0.0.0 is not a loopback address" in lines[0]
+    assert "SECRET_KEY" in lines[0] and MAKE_SECRET_KEY in lines[0]
+
+
+async def test_token_create_without_a_key_names_it_and_how_to_make_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in base_env(tmp_path).items() if k != "SECRET_KEY"}
+
+    async def token_create(**extra: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            CLI,
+            "token",
+            "create",
+            "--agent",
+            "a1",
+            env={**env, **extra},
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    code, _, err = await token_create()
+    assert code == 2 and "SECRET_KEY" in err and MAKE_SECRET_KEY in err
+    code, _, err = await token_create(SECRET_KEY="too-short")
+    assert code == 2 and "SECRET_KEY has 9 characters" in err
+    # The command it suggests makes a key that works.
+    made = await asyncio.create_subprocess_shell(MAKE_SECRET_KEY, stdout=asyncio.subprocess.PIPE)
+    key = (await made.communicate())[0].decode().strip()
+    code, out, err = await token_create(SECRET_KEY=key)
+    assert code == 0, err
+    assert out.count(".") == 2  # a JWT

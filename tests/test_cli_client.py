@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -220,3 +222,36 @@ async def test_status_reports_what_is_down(start_service: ServiceFactory) -> Non
     assert status == 1
     assert any(line.startswith("api") and "unreachable" in line for line in out.splitlines())
     assert any(line.startswith("websocket") and "healthy" in line for line in out.splitlines())
+
+
+async def test_tail_gives_up_after_its_timeout_when_nothing_listens() -> None:
+    started = asyncio.get_running_loop().time()
+    status, _, err = await cli("tail", "--ws-port", str(free_port()), "--timeout", "1.5")
+    elapsed = asyncio.get_running_loop().time() - started
+    assert status == 1
+    assert "could not connect to ws://127.0.0.1:" in err and "within 1.5 s" in err
+    assert elapsed < 10, elapsed  # not for ever (generous: a process start is in it)
+
+
+async def test_status_into_a_closed_pipe_exits_quietly(start_service: ServiceFactory) -> None:
+    """`context-manager status --json | head`: the reader is gone, no traceback."""
+    service = await start_service(surfaces=("api", "ws"))
+    read, write = os.pipe()
+    os.close(read)  # every write now fails with EPIPE, as once `head` has exited
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app.cli",
+            "status",
+            "--json",
+            *ports(service),
+            stdout=write,
+            stderr=asyncio.subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    finally:
+        os.close(write)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+    assert proc.returncode == 128 + signal.SIGPIPE

@@ -8,7 +8,6 @@ reason, and fail under CI=true (CI must never pass by skipping).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import time
@@ -24,52 +23,19 @@ from app.realtime.broker.base import StreamReset
 from app.realtime.history import StreamPosition
 from app.realtime.protocol import ResetReason
 from app.server import Service
-from tests.conftest import IN_CI, ServiceFactory
+from tests.browser import chromium
+from tests.conftest import ServiceFactory
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 SURFACES = ("api", "ws", "dashboard")
 
 
-def _require_browser() -> None:
-    missing = []
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright package (pip install -e '.[dev]')")
-    if not CHROMIUM.exists():
-        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
-    if not missing:
-        return
-    reason = "browser tests need " + " and ".join(missing)
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    _require_browser()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as launched:
+        yield launched
 
 
 class Page:
@@ -361,6 +327,115 @@ async def test_live_buffer_is_bounded_pause_resumes_and_click_shows_json(
         "() => document.querySelector('#events tbody tr .summary').textContent.includes('52')"
     )
     assert len(await page.query_selector_all(rows)) == 20
+
+
+async def test_live_opens_with_each_channels_history_below_a_live_marker(
+    start_service: ServiceFactory, open_page: Any
+) -> None:
+    service = await start_service(surfaces=SURFACES)
+    publish = service.manager.publish
+    for n in range(3):
+        await publish("topics/past", "note.added", {"n": n})
+        await asyncio.sleep(0.01)  # distinct milliseconds: the order across channels is time
+    await publish("global", "task.created", {"task_id": "t-before"})
+    await publish("topics/other", "note.added", {"n": "not subscribed"})
+    page = await open_page(dashboard_url(service, "/live?channels=global,topics/past"))
+    await wait_connected(page)
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#events tbody tr.history').length === 4"
+    )
+    assert await page.is_visible("#events tbody tr.live-marker")
+    assert "live since" in await page.inner_text("#events tbody tr.live-marker")
+
+    await publish("topics/past", "note.added", {"n": "live"})
+    rows = "#events tbody tr"
+    await page.wait_for_function(
+        f"() => document.querySelectorAll('{rows}[data-seq]').length === 5"
+    )
+    order: list[str] = await page.eval_on_selector_all(
+        rows,
+        """rs => rs.map(r => r.classList.contains('live-marker') ? 'marker'
+                        : r.classList.contains('history') ? 'history' : 'live')""",
+    )
+    assert order == ["live", "marker", "history", "history", "history", "history"]
+    summaries = await page.eval_on_selector_all(
+        f"{rows}.history .summary", "els => els.map(e => e.textContent)"
+    )
+    # Newest first across channels, each publication once; unsubscribed channels stay out.
+    assert "t-before" in summaries[0]
+    assert [s.replace(" ", "") for s in summaries[1:]] == ['{"n":2}', '{"n":1}', '{"n":0}']
+    assert "kept 5 of" in await page.inner_text("#counts")
+
+
+async def test_live_backfill_can_be_turned_off(
+    start_service: ServiceFactory, open_page: Any
+) -> None:
+    service = await start_service(surfaces=SURFACES)
+    await service.manager.publish("global", "task.created", {"task_id": "t-before"})
+    page = await open_page(dashboard_url(service, "/live?backfill=0"))
+    await wait_connected(page)
+    await subscribed(page, "global")
+    await asyncio.sleep(0.5)  # time for a history request that must not be made
+    assert await page.query_selector_all("#events tbody tr") == []
+    assert await page.inner_text("#empty") == "Waiting for events…"
+
+
+async def test_dashboard_chart_opens_with_the_minutes_before_the_page(
+    start_service: ServiceFactory, open_page: Any
+) -> None:
+    service = await start_service(surfaces=SURFACES, metrics_interval=0.5)
+    async with api(service) as http:
+        for _ in range(100):
+            history = (await http.get("/api/metrics/history")).json()
+            if len(history["items"]) >= 6:
+                break
+            await asyncio.sleep(0.1)
+    page = await open_page(dashboard_url(service, "/dashboard"))
+    await page.wait_for_function("() => window.cmChart.points.length >= 6", timeout=5_000)
+    # Points older than the page itself can only come from the server's series.
+    before = await page.evaluate(
+        "() => window.cmChart.points.filter(p => p.t < performance.timeOrigin - 1000).length"
+    )
+    assert before >= 4
+    times = await page.evaluate("() => window.cmChart.points.map(p => p.t)")
+    assert times == sorted(times)
+
+
+async def test_agents_named_on_tasks_and_messages_are_listed_as_known(
+    start_service: ServiceFactory, open_page: Any
+) -> None:
+    service = await start_service(surfaces=SURFACES)
+    async with api(service) as http:
+        await http.post("/api/agents", json={"id": "registered", "name": "Registered"})
+        await http.post("/api/tasks", json={"title": "t", "agent_id": "named-on-task"})
+        await http.post(
+            "/api/messages",
+            json={"from_agent": "sender-x", "to_agent": "receiver-y", "content": "hi"},
+        )
+        listed = (await http.get("/api/agents")).json()["items"]
+        assert {a["id"] for a in listed} == {"registered"}  # what the API alone knows
+        page = await open_page(dashboard_url(service, "/dashboard"))
+        await wait_connected(page)
+        await subscribed(page, "global")
+        for agent, source in (
+            ("named-on-task", "tasks"),
+            ("sender-x", "messages"),
+            ("receiver-y", "messages"),
+        ):
+            row = f'#agents tr[data-agent="{agent}"]'
+            await page.wait_for_selector(f"{row} .badge.offline")
+            assert f"named on {source}, never connected" in await page.inner_text(row)
+        assert await page.is_visible('#agents tr[data-agent="registered"]')
+        assert "4 known" in await page.inner_text("#agents-meta")
+
+        # Named live, by a new task: it joins; once it connects it is online.
+        await http.post("/api/tasks", json={"title": "later", "agent_id": "late-agent"})
+        await page.wait_for_selector('#agents tr[data-agent="late-agent"] .badge.offline')
+        url = f"ws://127.0.0.1:{service.settings.ws_port}/ws"
+        async with RealtimeClient(url, agent_id="late-agent"):
+            row = '#agents tr[data-agent="late-agent"]'
+            await page.wait_for_selector(f"{row} .badge.online")
+            assert "never connected" not in await page.inner_text(row)
 
 
 # --- the browser client on its own ----------------------------------------------------------

@@ -132,6 +132,16 @@ def _nginx() -> str:
     return binary
 
 
+def _require_programs(*names: str) -> None:
+    """scripts/cluster.sh also runs envsubst (gettext-base), curl and redis-cli (redis-tools)."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (README: system packages)"
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+
+
 def test_nginx_template_is_a_valid_config(tmp_path: Path) -> None:
     nginx = _nginx()
     config = Template((ROOT / "deploy" / "nginx.conf.template").read_text()).safe_substitute(
@@ -161,6 +171,7 @@ async def test_cluster_script_starts_the_topology(
     tmp_path: Path, redis_url: str, postgres_url: str
 ) -> None:
     _nginx()
+    _require_programs("envsubst", "curl", "redis-cli")
     from urllib.parse import urlsplit, urlunsplit
 
     database = f"cm_script_{secrets.token_hex(4)}"

@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./context-manager.db"
+# What the error messages and the README suggest for a good SECRET_KEY (43 URL-safe characters).
+MAKE_SECRET_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(BaseSettings):
@@ -189,7 +191,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_trust(self) -> Settings:
-        """Pick the auth mode for HOST and refuse unsafe combinations, saying why."""
+        """Pick the auth mode for HOST and refuse unsafe combinations, saying what to set."""
+        defaulted = self.auth_mode is None
         if self.auth_mode is None:
             self.auth_mode = "open" if self.is_loopback else "token"
         if self.auth_mode == "open" and not self.is_loopback and not self.allow_open_exposed:
@@ -202,7 +205,16 @@ class Settings(BaseSettings):
             if self.jwt_algorithm == "HS256":
                 key = self.secret_key.get_secret_value() if self.secret_key else ""
                 if len(key) < 32:
-                    raise ValueError("AUTH_MODE=token needs SECRET_KEY of at least 32 characters")
+                    have = f" (it has {len(key)})" if key else ""
+                    what = (
+                        f"SECRET_KEY of 32+ characters{have}, e.g. SECRET_KEY=$({MAKE_SECRET_KEY})"
+                    )
+                    if defaulted:  # the user asked for no auth mode: say where it came from
+                        raise ValueError(
+                            f"HOST={self.host} is not a loopback address, so AUTH_MODE is token, "
+                            f"which needs {what}; or set HOST=127.0.0.1 to stay on this machine"
+                        )
+                    raise ValueError(f"AUTH_MODE=token needs {what}")
             elif not self.jwt_public_key:
                 raise ValueError(f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PUBLIC_KEY")
         return self

@@ -3,6 +3,10 @@
  * agents (live from agent.* on `global`) and the latest tasks with their subtasks' progress
  * (live from task.* and subtask.*). Initial state comes from the REST API; it is reloaded when
  * a reconnect could not recover the events missed meanwhile.
+ *
+ * It opens with a past: the chart is seeded with the server's last ten minutes of snapshots
+ * (GET /api/metrics/history), and the agents table also lists agents that tasks and messages
+ * name but that never connected nor registered ("known", offline).
  */
 
 import { ago, api, bindConnectionPill, config, createClient, h, initTheme, items } from "/static/common.js";
@@ -43,6 +47,7 @@ const chart = new LineChart($("#chart"), {
     { key: "failed", label: "failed (1 h)", color: "--bad", axis: "right", step: true },
   ],
 });
+window.cmChart = chart; // for the console (and the browser tests)
 
 // --- formatting ---------------------------------------------------------------------------------
 
@@ -103,14 +108,34 @@ function applyMetrics(m, receivedAt = Date.now()) {
     ),
   );
 
-  chart.push(receivedAt, {
-    eps: Number(m.events_per_second) || 0,
-    open: (byStatus.pending || 0) + (byStatus.in_progress || 0),
-    failed: Number(m.tasks_failed_last_hour) || 0,
-  });
+  chart.push(receivedAt, chartValues(m));
   state.metricsAt = Date.now();
   const when = m.timestamp ? new Date(m.timestamp) : new Date();
   $("#updated").textContent = `Updated ${when.toLocaleTimeString()} · every ${config.metricsInterval} s`;
+}
+
+/** What the activity chart plots of one snapshot. */
+function chartValues(m) {
+  const byStatus = m.tasks_by_status || {};
+  return {
+    eps: Number(m.events_per_second) || 0,
+    open: (byStatus.pending || 0) + (byStatus.in_progress || 0),
+    failed: Number(m.tasks_failed_last_hour) || 0,
+  };
+}
+
+/** The minutes before the page opened: the server keeps its recent snapshots. */
+async function seedChart() {
+  let history;
+  try {
+    history = await api("/api/metrics/history");
+  } catch {
+    return; // an older server without the series: the chart starts from now
+  }
+  // On the browser's clock, as live points are: shift by how far the server's clock is off.
+  const skew = Date.now() - Date.parse(history.timestamp);
+  const offset = Number.isFinite(skew) ? skew : 0;
+  chart.seed((history.items || []).map((m) => ({ t: Date.parse(m.timestamp) + offset, values: chartValues(m) })));
 }
 
 // --- agents -------------------------------------------------------------------------------------
@@ -138,7 +163,12 @@ function renderAgents() {
       h(
         "tr",
         { dataset: { agent: a.id } },
-        h("td", {}, h("span", { class: "primary" }, a.name || a.id), a.name ? h("span", { class: "secondary" }, a.id) : null),
+        h(
+          "td",
+          {},
+          h("span", { class: "primary" }, a.name || a.id),
+          a.name ? h("span", { class: "secondary" }, a.id) : a.named_on ? h("span", { class: "secondary" }, `named on ${a.named_on}, never connected`) : null,
+        ),
         h("td", {}, a.kind || "—"),
         h("td", {}, h("span", { class: `badge ${a.status}` }, a.status)),
         h("td", { class: "num", title: a.last_seen || "" }, a.status === "online" && !a.last_seen ? "now" : ago(a.last_seen)),
@@ -172,11 +202,44 @@ function onAgentEvent(frame) {
   if (!state.agents.get(id)?.created_at) fetchAgent(id);
   const seen = data.last_seen || new Date(frame.timestamp).toISOString();
   let fields = { last_seen: seen };
-  if (frame.event === "agent.connected") fields = { status: "online", last_seen: seen };
+  if (frame.event === "agent.connected") fields = { status: "online", last_seen: seen, named_on: null };
   else if (frame.event === "agent.disconnected") fields = { status: "offline", last_seen: seen };
   else if (frame.event !== "agent.heartbeat") return;
   state.livePresence.set(id, { ...state.livePresence.get(id), ...fields });
   upsertAgent(id, fields);
+}
+
+// --- known agents: named on tasks and messages, never connected nor registered ------------------
+
+const namedAgents = new Map(); // id → where it was seen ("tasks", "messages")
+
+/** Note the agents a task or message names; those the table lacks join it as known, offline. */
+function noteNamedAgents(source, ...ids) {
+  let added = false;
+  for (const id of ids) {
+    if (typeof id !== "string" || !id) continue;
+    if (!namedAgents.has(id)) namedAgents.set(id, source);
+    if (!state.agents.has(id)) {
+      state.agents.set(id, { id, name: null, kind: null, status: "offline", last_seen: null, named_on: namedAgents.get(id) });
+      added = true;
+    }
+  }
+  if (added) renderAgents();
+}
+
+/** After the table was reloaded from /api/agents: add back the agents only named elsewhere. */
+function mergeNamedAgents() {
+  for (const [id, source] of namedAgents) noteNamedAgents(source, id);
+}
+
+async function loadNamedAgents(tasks) {
+  noteNamedAgents("tasks", ...tasks.map((t) => t.agent_id));
+  try {
+    const messages = items(await api("/api/messages", { query: { limit: 200, order: "desc" } }));
+    noteNamedAgents("messages", ...messages.flatMap((m) => [m.from_agent, m.to_agent]));
+  } catch {
+    /* the messages are optional here: the tasks already named their agents */
+  }
 }
 
 // --- tasks --------------------------------------------------------------------------------------
@@ -244,6 +307,7 @@ function onTaskEvent(frame) {
     const task = taskFromEvent(data, frame.timestamp);
     if (!task) return;
     state.tasks.set(task.id, { ...state.tasks.get(task.id), ...task });
+    noteNamedAgents("tasks", task.agent_id);
   } else {
     const taskId = data.task_id;
     const id = data.subtask_id ?? data.id;
@@ -286,12 +350,13 @@ async function reload() {
     // Presence events that arrived while the list was loading are newer than the list.
     for (const [id, live] of state.livePresence) fresh.set(id, { id, ...fresh.get(id), ...live });
     state.agents = fresh;
+    mergeNamedAgents();
     renderAgents();
   } else failures.push(`agents (${agents.reason.message})`);
   if (tasks.status === "fulfilled") {
     state.tasks = new Map(items(tasks.value).map((t) => [t.id, t]));
     const latest = [...state.tasks.values()].sort((a, b) => taskTime(b) - taskTime(a)).slice(0, MAX_TASK_ROWS);
-    await Promise.allSettled(latest.map((t) => loadSubtasks(t.id)));
+    await Promise.allSettled([...latest.map((t) => loadSubtasks(t.id)), loadNamedAgents([...state.tasks.values()])]);
     renderTasks();
   } else failures.push(`tasks (${tasks.reason.message})`);
   setProblem("rest", failures.length ? `Could not load ${failures.join(", ")}. Live updates continue.` : "");
@@ -302,6 +367,7 @@ async function reload() {
 client.listen({ channel: "metrics", event: "metric.update" }, (frame) => applyMetrics(frame.data));
 client.listen({ channel: "global", event: "agent.*" }, onAgentEvent);
 client.listen({ channel: "global", event: "task.*,subtask.*" }, onTaskEvent);
+client.listen({ channel: "global", event: "message.new" }, (frame) => noteNamedAgents("messages", frame.data?.from_agent, frame.data?.to_agent));
 client.on("recovery", ({ recovered }) => {
   // The server could not replay what we missed while away: the tables may be stale.
   if (!recovered) reload();
@@ -315,6 +381,7 @@ for (const channel of ["metrics", "global"]) {
     .catch((err) => setProblem(channel, `Cannot subscribe to ${channel}: ${err.message}`));
 }
 reload();
+seedChart();
 setInterval(() => {
   renderAgents();
   renderTasks();

@@ -46,6 +46,14 @@ export class LineChart {
     this.draw();
   }
 
+  /** Add earlier points (e.g. a server's recent history): only those before the first point. */
+  seed(points) {
+    const first = this.points.length ? this.points[0].t : Infinity;
+    const earlier = points.filter((p) => Number.isFinite(p.t) && p.t < first).sort((a, b) => a.t - b.t);
+    this.points = [...earlier, ...this.points].slice(-this.maxPoints);
+    this.draw();
+  }
+
   push(t, values) {
     this.points.push({ t, values });
     if (this.points.length > this.maxPoints) this.points.splice(0, this.points.length - this.maxPoints);

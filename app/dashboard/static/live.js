@@ -5,6 +5,10 @@
  * `task.*`, comma-separated), `agent` (any agent id the event is about), `q` (free text in the
  * event's JSON). `channels=global,metrics` chooses the subscriptions, `buffer=2000` the number
  * of events kept: the oldest are dropped past it, so the page can stay open for days.
+ *
+ * On open (and for a channel added later) the page backfills the channel's last `backfill=100`
+ * events from its history (the `history` request), below a line that marks where live begins,
+ * so it does not start empty on a busy service; `backfill=0` turns that off.
  */
 
 import { agentsOf, bindConnectionPill, clock, createClient, family, h, initTheme, option } from "/static/common.js";
@@ -97,7 +101,7 @@ function rowFor(entry) {
   const { frame } = entry;
   const row = h(
     "tr",
-    { dataset: { seq: entry.seq, event: frame.event, channel: frame.channel }, class: entry === state.selected ? "selected" : "" },
+    { dataset: { seq: entry.seq, event: frame.event, channel: frame.channel }, class: [entry === state.selected ? "selected" : "", entry.fromHistory ? "history" : ""].join(" ").trim() },
     h("td", { class: "time", title: new Date(frame.timestamp).toISOString() }, clock(frame.timestamp)),
     h("td", { class: "channel" }, frame.channel),
     h("td", {}, h("span", { class: `ev ${family(frame.event)}` }, frame.event)),
@@ -112,8 +116,15 @@ function render() {
   const body = $("#events tbody");
   for (const entry of state.entries) entry.row = null;
   const visible = [];
+  let marked = false;
   for (let i = state.entries.length - 1; i >= 0; i--) {
-    if (state.test(state.entries[i])) visible.push(rowFor(state.entries[i]));
+    const entry = state.entries[i];
+    if (!state.test(entry)) continue;
+    if (entry.fromHistory && !marked) {
+      visible.push(liveMarker());
+      marked = true;
+    }
+    visible.push(rowFor(entry));
   }
   body.replaceChildren(...visible);
   state.missed = 0;
@@ -121,7 +132,7 @@ function render() {
 }
 
 function updateCounts() {
-  const shown = $("#events tbody").rows.length;
+  const shown = $("#events tbody").querySelectorAll("tr[data-seq]").length;
   $("#counts").textContent =
     `showing ${shown.toLocaleString()} · kept ${state.entries.length.toLocaleString()} of ${BUFFER.toLocaleString()}` +
     (state.dropped ? ` · ${state.dropped.toLocaleString()} older dropped` : "");
@@ -157,6 +168,67 @@ function onEvent(frame) {
   row.classList.add("fresh");
   $("#events tbody").prepend(row);
   updateCounts();
+}
+
+// --- backfill: each channel's last events, from its history --------------------------------------
+
+const BACKFILL = Math.min(1000, Math.max(0, Math.floor(Number(option("backfill", 100))) || 0));
+const HISTORY_LIMIT = 1000; // the most a `history` request returns
+const liveSince = Date.now();
+
+/** The row between the live events (above) and those loaded from history (below). */
+function liveMarker() {
+  return h(
+    "tr",
+    { class: "live-marker" },
+    h("td", { colspan: 4 }, `▲ live since ${clock(liveSince)} · ▼ earlier, from the channels' history`),
+  );
+}
+
+/** The `history` ack for the `count` publications up to the subscription's top `ack.offset`. */
+async function lastPublications(channel, ack, count) {
+  const since = { offset: Math.max(0, ack.offset - count), epoch: ack.epoch };
+  const page = await client.request({ type: "history", channel, since, limit: count });
+  if (page.recovered !== false) return page.publications || [];
+  // Retention already dropped part of that range: take the oldest page and keep its end.
+  const all = await client.request({ type: "history", channel, limit: HISTORY_LIMIT });
+  return (all.publications || []).filter((f) => f.offset <= ack.offset).slice(-count);
+}
+
+/** Put `channel`'s last BACKFILL events, published before `ack`, below the live ones. */
+async function backfill(channel, ack) {
+  if (!BACKFILL || typeof ack?.offset !== "number" || ack.offset < 1 || typeof ack.epoch !== "string") return;
+  let frames;
+  try {
+    frames = await lastPublications(channel, ack, Math.min(BACKFILL, BUFFER));
+  } catch (err) {
+    showBanner(`Could not load the history of ${channel}: ${err.message}`);
+    return;
+  }
+  if (!client.channels.includes(channel)) return; // unsubscribed meanwhile
+  // Only what came before the subscription (later publications arrive live), once each.
+  const key = (f) => `${f.channel} ${f.epoch} ${f.offset}`;
+  const known = new Set(state.entries.map((e) => key(e.frame)));
+  const older = frames.filter((f) => f.epoch === ack.epoch && f.offset <= ack.offset && !known.has(key(f)));
+  if (!older.length) return;
+  const entries = older.map((frame) => ({
+    seq: ++state.seq,
+    frame,
+    agents: agentsOf(frame),
+    search: JSON.stringify(frame).toLowerCase(),
+    row: null,
+    fromHistory: true,
+  }));
+  // History sits below every live event, in time order across channels.
+  const boundary = state.entries.findIndex((e) => !e.fromHistory);
+  const history = boundary === -1 ? state.entries : state.entries.slice(0, boundary);
+  const live = boundary === -1 ? [] : state.entries.slice(boundary);
+  const merged = [...history, ...entries].sort((a, b) => a.frame.timestamp - b.frame.timestamp || a.seq - b.seq);
+  const room = Math.max(0, BUFFER - live.length);
+  state.dropped += Math.max(0, merged.length - room);
+  state.entries = [...merged.slice(Math.max(0, merged.length - room)), ...live];
+  if (state.paused) updateCounts(); // shown on resume, like live events
+  else render();
 }
 
 // --- detail -------------------------------------------------------------------------------------
@@ -234,14 +306,16 @@ async function addChannel(channel) {
   if (!channel || client.channels.includes(channel)) return;
   const pending = client.subscribe(channel);
   renderChannels();
+  let ack = null;
   try {
-    await pending;
+    ack = await pending;
     showBanner("");
   } catch (err) {
     showBanner(`Cannot subscribe to ${channel}: ${err.message}`);
   }
   renderChannels();
   syncUrl();
+  if (ack) await backfill(channel, ack);
 }
 
 function removeChannel(channel) {
