@@ -1,7 +1,7 @@
 """The WebSocket endpoint: handshake, read loop, and dispatch of client messages.
 
-It speaks raw ASGI rather than through a framework's WebSocket wrapper so that the
-connection's sink can reach uvicorn's transport (see connection.py) and nothing wraps `send`.
+It speaks raw ASGI rather than through a framework's WebSocket wrapper so that the sink the
+server offers in the scope (transport.py) reaches the connection and nothing wraps `send`.
 Messages from one connection are handled in order, one at a time; a failure in one message is
 answered with an error frame and never ends the connection.
 """
@@ -40,6 +40,7 @@ from app.realtime.protocol import (
     request_id,
     require_str,
 )
+from app.realtime.transport import address_peers
 
 logger = logging.getLogger("context_manager.endpoint")
 
@@ -321,7 +322,7 @@ async def websocket_endpoint(
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     client = scope.get("client") or ("unknown", 0)
     remote = str(client[0])
-    refusal = manager.admission(remote, _header(scope, b"origin"))
+    refusal = manager.admission(remote, _header(scope, b"origin"), peers=address_peers(scope))
     await send({"type": "websocket.accept"})
     # The refusals below happen after accept so that the client sees a close code and reason.
     if refusal is not None:
@@ -360,7 +361,7 @@ async def websocket_endpoint(
     # Headers were read (Origin, Authorization) before accept; the scope lives as long as the
     # connection, so let them go.
     scope["headers"] = []
-    connection.attach(send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
+    connection.attach(scope, send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
     session = Session(manager, connection)
     session.reply(connected_frame(connection.client_id), "connected")
     for name in notices:
@@ -398,10 +399,7 @@ async def websocket_endpoint(
                 break
     finally:
         await manager.disconnect(connection, close_code)
-        sink = connection.sink
-        stop = getattr(sink, "stop", None)
-        if stop is not None:
-            await stop()
+        await connection.detach()
         logger.info(
             "connection closed",
             extra={
