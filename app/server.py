@@ -94,7 +94,7 @@ class Service:
         if surface == "ws":
             frames = FrameLimits(
                 settings.frame_rate,
-                settings.frame_burst,
+                float(settings.frame_burst),
                 settings.max_message_fragments,
                 settings.outbound_queue_bytes,
             )

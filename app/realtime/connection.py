@@ -22,14 +22,14 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from app.core.security import Role
 from app.realtime.frames import Frame
 from app.realtime.limits import TokenBucket
 from app.realtime.protocol import CloseCode
-from app.realtime.transport import Sink, offered_transport
+from app.realtime.transport import Sink, take_transport
 
 __all__ = ["AsgiSend", "Connection", "ConnectionState", "QueueSink", "Sink"]
 
@@ -218,10 +218,14 @@ class Connection:
         return self.close_code == CloseCode.SLOW_CONSUMER
 
     def attach(
-        self, scope: Mapping[str, Any], send: AsgiSend, max_messages: int, max_bytes: int
+        self, scope: MutableMapping[str, Any], send: AsgiSend, max_messages: int, max_bytes: int
     ) -> None:
-        """Choose the sink for an accepted connection (see module docstring)."""
-        transport = offered_transport(scope)
+        """Choose the sink for an accepted connection (see module docstring).
+
+        The server's offer is taken out of the scope: the scope lives as long as the
+        connection (the endpoint drops its headers for the same reason).
+        """
+        transport = take_transport(scope)
         if transport is not None:
             self.sink = transport.open_sink(max_bytes, self._overflow)
         else:

@@ -14,9 +14,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.realtime.frames import Frame
+from app.realtime.uvicorn_protocol import WebSocketState
 
 if TYPE_CHECKING:
     from app.realtime.uvicorn_protocol import WebSocketProtocol
+
+# A module global and an identity test: the cheapest state check on the fan-out path.
+_OPEN = WebSocketState.OPEN
 
 # Frames of one iteration are written together up to this many bytes, then at once.
 FLUSH_BYTES = 64 * 1024
@@ -96,7 +100,7 @@ class DirectSink:
     def push(self, frame: Frame) -> bool:
         if self._closing:
             return False
-        if self._transport.is_closing() or self._proto.closing:
+        if self._proto.state is not _OPEN or self._transport.is_closing():
             self._closing = True
             return False
         wire = frame.wire
@@ -128,7 +132,7 @@ class DirectSink:
             return
         self._pending = None
         self._pending_bytes = 0
-        if self._transport.is_closing() or self._proto.closing:
+        if self._proto.state is not _OPEN or self._transport.is_closing():
             return
         self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 

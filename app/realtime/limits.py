@@ -16,13 +16,13 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = time.monotonic()
 
-    def take(self, count: int = 1) -> bool:
-        """Spend `count` tokens; False (and nothing spent) when the bucket holds fewer."""
+    def take(self) -> bool:
+        """Spend a token; False (and nothing spent) when the bucket is empty."""
         now = time.monotonic()
         tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if tokens < count:
+        if tokens < 1.0:
             self.tokens = tokens
             return False
-        self.tokens = tokens - count
+        self.tokens = tokens - 1.0
         return True

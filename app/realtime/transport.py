@@ -16,7 +16,7 @@ Any other ASGI server offers nothing; `connection.Connection.attach` then falls 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Protocol, runtime_checkable
 
 from app.realtime.frames import Frame
@@ -69,6 +69,17 @@ def offered_transport(scope: Mapping[str, Any]) -> WebSocketTransport | None:
         return None
     transport = extension.get("transport")
     return transport if isinstance(transport, WebSocketTransport) else None
+
+
+def take_transport(scope: MutableMapping[str, Any]) -> WebSocketTransport | None:
+    """`offered_transport`, taken out of the scope (which lives as long as the connection)."""
+    transport = offered_transport(scope)
+    if transport is not None:
+        extensions = scope["extensions"]
+        del extensions[EXTENSION]
+        if not extensions:
+            del scope["extensions"]
+    return transport
 
 
 def address_peers(scope: Mapping[str, Any]) -> int:

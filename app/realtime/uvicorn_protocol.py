@@ -45,9 +45,10 @@ import hashlib
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 from uvicorn.config import Config
@@ -59,9 +60,10 @@ from websockets.protocol import Protocol, Side
 
 from app.core.admission import ConnectionGuard
 from app.core.http_protocol import BoundedHttpProtocol, HeadLimits, plain_response
-from app.realtime.direct_sink import DirectSink
-from app.realtime.limits import TokenBucket
 from app.realtime.transport import EXTENSION
+
+if TYPE_CHECKING:
+    from app.realtime.direct_sink import DirectSink
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -91,7 +93,7 @@ class FrameLimits:
     """FRAME_RATE, FRAME_BURST, MAX_MESSAGE_FRAGMENTS, OUTBOUND_QUEUE_BYTES (config.py)."""
 
     rate: float = 1000.0
-    burst: int = 2000
+    burst: float = 2000.0  # a float: every connection's bucket starts as this same object
     max_fragments: int = 128
     outbound_bytes: int = 4 * 1024 * 1024
 
@@ -212,13 +214,12 @@ class WebSocketProtocol(asyncio.Protocol):
         "server",
         "client",
         "scheme",
-        "scope",
         "conn",
         "limits",
         "guard",
         "address",
         "sink",
-        "_state",
+        "state",
         "_accept",
         "close_timer",
         "_abort_timer",
@@ -227,7 +228,8 @@ class WebSocketProtocol(asyncio.Protocol):
         "_inbox_bytes",
         "_waiter",
         "_writable",
-        "_frames",
+        "_frame_tokens",
+        "_frame_stamp",
         "_fragments",
         "_fragment_text",
         "ping_timer",
@@ -255,13 +257,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
         self.scheme = "ws"
-        self.scope: dict[str, Any] = {}
         self.conn = Protocol(Side.SERVER, max_size=config.ws_max_size, logger=logger)
         self.limits = limits = limits or FrameLimits()
         self.guard: ConnectionGuard | None = None
         self.address = ""
         self.sink: DirectSink | None = None
-        self._state = WebSocketState.CONNECTING
+        self.state = WebSocketState.CONNECTING
         self._accept = b""
         self.close_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
@@ -271,7 +272,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         # Set while the transport's buffer is above its high-water mark (pause_writing).
         self._writable: asyncio.Future[None] | None = None
-        self._frames = TokenBucket(limits.rate, limits.burst)
+        # The frame bucket, inline (two floats, no object per connection): full at the first
+        # frame, since the stamp is the epoch of the monotonic clock.
+        self._frame_tokens = limits.burst
+        self._frame_stamp = 0.0
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self.ping_timer: asyncio.TimerHandle | None = None
@@ -281,13 +285,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self.last_ping_rtt = 0.0
 
     @property
-    def state(self) -> WebSocketState:
-        return self._state
-
-    @property
     def closing(self) -> bool:
         """Our close is out (or the socket is gone): nothing more is written."""
-        state = self._state
+        state = self.state
         return state is WebSocketState.CLOSING or state is WebSocketState.CLOSED
 
     # --- asyncio.Protocol -----------------------------------------------------------------
@@ -319,14 +319,16 @@ class WebSocketProtocol(asyncio.Protocol):
         try:
             key, path, subprotocols = check_handshake(http_scope["method"], raw_path, headers)
         except HandshakeError as exc:
-            self._state = WebSocketState.CLOSING
+            self.state = WebSocketState.CLOSING
             body = f"Failed to open a WebSocket connection: {exc}.\n"
             self.transport.write(plain_response(exc.status, body, exc.headers))
             self.transport.close()
             return
         self._accept = accept_key(key)
         root_path: str = self.config.root_path
-        self.scope = {
+        # Not kept on the protocol: the scope holds the protocol (its extension), and a cycle
+        # would outlive the connection until the next full collection.
+        scope = {
             "type": "websocket",
             "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
             "http_version": http_scope.get("http_version", "1.1"),
@@ -344,16 +346,16 @@ class WebSocketProtocol(asyncio.Protocol):
             "extensions": {EXTENSION: {"transport": self}},
         }
         self._inbox.append({"type": "websocket.connect"})
-        task = self.loop.create_task(self.run_asgi())
+        task = self.loop.create_task(self.run_asgi(scope))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_keepalive()
-        code = 1006 if self._state is WebSocketState.CONNECTING else 1005
+        code = 1006 if self.state is WebSocketState.CONNECTING else 1005
         self._deliver({"type": "websocket.disconnect", "code": code})
         self.connections.discard(self)
-        self._state = WebSocketState.CLOSED
+        self.state = WebSocketState.CLOSED
         self._fragments = []
         self._wake_writer()
         for timer in (self.close_timer, self._abort_timer):
@@ -390,11 +392,11 @@ class WebSocketProtocol(asyncio.Protocol):
                 self.close_timer = None
             self.transport.close()
             return
-        if self._state is WebSocketState.OPEN:
+        if self.state is WebSocketState.OPEN:
             self._deliver({"type": "websocket.disconnect", "code": 1012})
             self.conn.send_close(1012)
             self._write_pending()
-            self._state = WebSocketState.CLOSING
+            self.state = WebSocketState.CLOSING
         else:
             self._send_500()
         self.transport.close()
@@ -421,9 +423,18 @@ class WebSocketProtocol(asyncio.Protocol):
         events = cast("list[Frame]", conn.events_received())
         if not events:
             return True
-        if not self._frames.take(len(events)):
+        # Every frame spends a token: data, continuation, ping, pong, close (FRAME_RATE).
+        limits = self.limits
+        now = time.monotonic()
+        tokens = self._frame_tokens + (now - self._frame_stamp) * limits.rate
+        if tokens > limits.burst:
+            tokens = limits.burst
+        tokens -= len(events)
+        self._frame_stamp = now
+        if tokens < 0.0:
             self._violation("frame rate exceeded")
             return False
+        self._frame_tokens = tokens
         transport = self.transport
         for event in events:
             opcode = event.opcode
@@ -464,7 +475,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def _close_now(self) -> None:
         """Write the close frame websockets queued; close without waiting for a reply."""
         self._write_pending()
-        self._state = WebSocketState.CLOSING
+        self.state = WebSocketState.CLOSING
         self.transport.close()
         # close() waits for the buffer to drain; a peer that never reads would hold it.
         if self._abort_timer is None:
@@ -489,6 +500,8 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def open_sink(self, max_bytes: int, on_overflow: Callable[[], None]) -> DirectSink:
         """The sink of this connection: frames straight to its transport."""
+        from app.realtime.direct_sink import DirectSink  # it imports this module
+
         self.sink = DirectSink(self, max_bytes, on_overflow)
         return self.sink
 
@@ -630,16 +643,16 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # --- ASGI -----------------------------------------------------------------------------
 
-    async def run_asgi(self) -> None:
+    async def run_asgi(self, scope: dict[str, Any]) -> None:
         try:
-            result = await self.app(self.scope, self.receive, self.send)
+            result = await self.app(scope, self.receive, self.send)
         except ClientDisconnected:
             pass
         except BaseException:
             logger.exception("Exception in ASGI application\n")
             self._send_500()
         else:
-            if self._state is WebSocketState.CONNECTING:
+            if self.state is WebSocketState.CONNECTING:
                 logger.error("ASGI callable returned without completing handshake.")
                 self._send_500()
             elif result is not None:
@@ -648,9 +661,9 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.close()
 
     def _send_500(self) -> None:
-        if self._state is not WebSocketState.CONNECTING:
+        if self.state is not WebSocketState.CONNECTING:
             return
-        self._state = WebSocketState.CLOSING
+        self.state = WebSocketState.CLOSING
         self.transport.write(plain_response(500, "Internal Server Error"))
 
     async def receive(self) -> dict[str, Any]:
@@ -676,7 +689,7 @@ class WebSocketProtocol(asyncio.Protocol):
         writable = self._writable
         if writable is not None:
             await asyncio.shield(writable)
-        state = self._state
+        state = self.state
         if state is WebSocketState.CLOSED:
             raise ClientDisconnected()
         kind = message["type"]
@@ -686,7 +699,7 @@ class WebSocketProtocol(asyncio.Protocol):
             elif kind == "websocket.close":
                 # Before accept a close is an HTTP 403 (ASGI spec).
                 self._deliver({"type": "websocket.disconnect", "code": 1006})
-                self._state = WebSocketState.CLOSING
+                self.state = WebSocketState.CLOSING
                 self.transport.write(plain_response(403, ""))
                 self.transport.close()
             else:
@@ -715,7 +728,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
                 self.conn.send_close(code, reason)
                 self._write_pending()
-                self._state = WebSocketState.CLOSING
+                self.state = WebSocketState.CLOSING
                 if self.read_paused:
                     self.read_paused = False
                     self.transport.resume_reading()
@@ -743,6 +756,6 @@ class WebSocketProtocol(asyncio.Protocol):
         if subprotocol:
             lines.append(b"sec-websocket-protocol: " + subprotocol.encode() + b"\r\n")
         lines.append(b"\r\n")
-        self._state = WebSocketState.OPEN
+        self.state = WebSocketState.OPEN
         self.transport.write(b"".join(lines))
         self.start_keepalive()
