@@ -17,22 +17,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import signal
 import socket
 from collections.abc import Generator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
+from app.core.admission import ConnectionGuard, descriptor_budget
 from app.core.config import Settings
+from app.core.http_protocol import BoundedHttpProtocol, HeadLimits
 from app.core.logging import install_redaction
 from app.main import create_app
 from app.realtime.manager import ConnectionManager
 from app.realtime.protocol import CloseCode
-from app.realtime.uvicorn_protocol import UpgradeProtocol
+from app.realtime.uvicorn_protocol import FrameLimits, UpgradeProtocol
 
 logger = logging.getLogger("context_manager.server")
 
@@ -88,6 +91,10 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._lifespan: AbstractAsyncContextManager[Any] | None = None
         self._stop = asyncio.Event()
+        # Every client connection of the three ports, from accept to close (admission.py).
+        self.guard = ConnectionGuard(
+            settings.max_connections_per_ip, descriptor_budget(settings.fd_reserve)
+        )
 
     @property
     def manager(self) -> ConnectionManager:
@@ -96,16 +103,35 @@ class Service:
 
     def _config(self, surface: str) -> uvicorn.Config:
         settings = self.settings
+        head = HeadLimits(
+            settings.max_request_head_bytes,
+            settings.max_request_headers,
+            settings.request_head_timeout,
+        )
+        # Every port bounds its request heads and admits through the one guard
+        # (app/core/http_protocol.py). The WebSocket port parses each upgrade once and hands
+        # frames to the endpoint without uvicorn's receive queue (realtime/uvicorn_protocol.py).
+        protocol: Any
+        if surface == "ws":
+            frames = FrameLimits(
+                settings.frame_rate,
+                float(settings.frame_burst),
+                settings.max_message_fragments,
+                settings.outbound_queue_bytes,
+            )
+            protocol = functools.partial(
+                UpgradeProtocol, limits=head, guard=self.guard, frames=frames
+            )
+        else:
+            protocol = functools.partial(BoundedHttpProtocol, limits=head, guard=self.guard)
         return uvicorn.Config(
             self.app.state.surfaces[surface],
             host=settings.host,
             port=_port(settings, surface),
             lifespan="off",
             loop="none",
-            # The WebSocket port parses each upgrade once and hands frames to the endpoint
-            # without uvicorn's receive queue (realtime/uvicorn_protocol.py); connection.py
-            # writes pre-encoded frames to either protocol's transport.
-            http=UpgradeProtocol if surface == "ws" else "httptools",
+            # uvicorn calls it as a class (config, server_state, app_state): a partial works.
+            http=cast("type[asyncio.Protocol]", protocol),
             ws="websockets-sansio",
             ws_max_size=settings.max_frame_bytes,
             ws_ping_interval=settings.ws_ping_interval or None,

@@ -38,6 +38,9 @@ BENCH_LIMITS = {
     "PUBLISH_BURST": "1000000",
     "MESSAGE_RATE": "1000000",
     "MESSAGE_BURST": "1000000",
+    # Every inbound WebSocket frame counts too (uvicorn_protocol.py); above what a publisher asks.
+    "FRAME_RATE": "1000000",
+    "FRAME_BURST": "1000000",
 }
 
 # Ten thousand idle connections need more descriptors than a default shell allows.

@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.main import create_app
-from app.realtime.connection import DirectSink, QueueSink
+from app.realtime.connection import QueueSink
 from app.realtime.manager import ConnectionManager
 from app.realtime.uvicorn_protocol import (
     INBOX_HIGH,
@@ -286,13 +286,13 @@ async def test_closed_connection_raises_for_client(
     assert info.value.rcvd is not None and info.value.rcvd.code == 1012
 
 
-@pytest.mark.parametrize(("deflate", "sink"), [(False, DirectSink), (True, QueueSink)])
+@pytest.mark.parametrize(("deflate", "sink"), [(False, QueueSink), (True, QueueSink)])
 async def test_the_surface_under_plain_uvicorn(
     make_settings: SettingsFactory, deflate: bool, sink: type
 ) -> None:
     """Served by uvicorn's own protocols (as `uvicorn --ws websockets-sansio` would), the
-    surface still writes frames straight to the transport — unless compression is on, which
-    needs per-client framing and takes the queue."""
+    surface works through the queue: uvicorn offers no sink in the scope (transport.py), and
+    the service no longer writes into another server's protocol."""
     settings = make_settings()
     app = create_app(settings)
     config = uvicorn.Config(

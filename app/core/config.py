@@ -122,6 +122,29 @@ class Settings(BaseSettings):
     message_rate: float = Field(500.0, gt=0, description="Client messages per second, any type.")
     message_burst: int = Field(1000, gt=0, description="Message burst above the rate.")
     max_request_bytes: int = Field(1024 * 1024, gt=0, description="Largest REST request body.")
+    max_request_head_bytes: int = Field(
+        16 * 1024, ge=1024, description="Request line + headers, any port; past it: 431, closed."
+    )
+    max_request_headers: int = Field(
+        100, gt=0, description="Header lines of one request, any port; past it: 431, closed."
+    )
+    request_head_timeout: float = Field(
+        10.0, gt=0, description="Seconds a request head may take to arrive; then closed (408)."
+    )
+    fd_reserve: int = Field(
+        100,
+        ge=0,
+        description="File descriptors never used for client connections (RLIMIT_NOFILE minus).",
+    )
+    frame_rate: float = Field(
+        1000.0, gt=0, description="Inbound WebSocket frames per second per connection, any kind."
+    )
+    frame_burst: int = Field(
+        2000, gt=0, description="Frame burst above the rate; past it: close 1008."
+    )
+    max_message_fragments: int = Field(
+        128, gt=0, description="Frames of one fragmented WebSocket message; past it: close 1008."
+    )
 
     # --- history and recovery (per channel kind: size in publications, ttl in seconds) -----
     history_global_size: int = Field(1000, ge=0, description="Publications kept on `global`.")

@@ -1,17 +1,17 @@
-"""One client connection: its identity, its subscriptions and the bounded path its frames take.
+"""One client connection: its identity, its state, its subscriptions and its bounded sink.
 
-Frames leave through one of two sinks, chosen when the connection is accepted:
+Frames leave through one of two sinks, chosen when the connection is accepted (`attach`):
 
-* `DirectSink` — under the WebSocket port's own protocol (uvicorn_protocol.py, what the service
-  runs) or uvicorn's ``websockets-sansio`` without compression. A frame's pre-encoded wire
-  bytes are written straight to the asyncio transport, whose write buffer *is* the outbound
-  queue; its size is checked against OUTBOUND_QUEUE_BYTES before every write.
-  No task, no coroutine, no per-client framing on the fan-out path.
-* `QueueSink` — any other ASGI server (or Starlette's TestClient). A bounded deque drained by
-  one writer task through the ASGI ``send`` callable.
+* the sink the server offers in the ASGI scope (transport.py) — under the service's own
+  WebSocket protocol, `direct_sink.DirectSink`: pre-encoded wire bytes written straight to the
+  socket, whose write buffer is the outbound queue, checked against OUTBOUND_QUEUE_BYTES before
+  every write. No task, no coroutine, no per-client framing on the fan-out path.
+* `QueueSink` — any other ASGI server (plain uvicorn, Starlette's TestClient): a bounded
+  deque drained by one writer task through the ASGI ``send`` callable.
 
 Either way a client that does not keep up overflows its bound and is closed with
-`CloseCode.SLOW_CONSUMER`; nobody else waits for it.
+`CloseCode.SLOW_CONSUMER`; nobody else waits for it. This module knows sinks only through the
+`Sink` protocol.
 """
 
 from __future__ import annotations
@@ -19,202 +19,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
-
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from app.core.security import Role
 from app.realtime.frames import Frame
 from app.realtime.limits import TokenBucket
 from app.realtime.protocol import CloseCode
-from app.realtime.uvicorn_protocol import WebSocketProtocol
+from app.realtime.transport import Sink, take_transport
+
+__all__ = ["AsgiSend", "Connection", "ConnectionState", "QueueSink", "Sink"]
 
 logger = logging.getLogger("context_manager.connection")
 
 AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
-
-# Frames of one iteration are written together up to this many bytes, then at once.
-FLUSH_BYTES = 64 * 1024
-
-# How long a closing connection may take to flush before its transport is aborted.
-CLOSE_GRACE_SECONDS = 2.0
-
-
-class Sink(Protocol):
-    """Where a connection's frames go. `push` never blocks."""
-
-    def push(self, frame: Frame) -> bool:
-        """Queue a frame; False when the connection is closing or just overflowed."""
-
-    @property
-    def queued_bytes(self) -> int: ...
-
-    async def close(self, code: int, reason: str, timeout: float) -> None:
-        """Flush what is queued, then send a close frame (abort after `timeout`)."""
-
-    def abort(self, code: int, reason: str) -> None:
-        """Drop what is queued and close now."""
-
-
-class _Flusher:
-    """Writes each connection's frames of one loop iteration with one `transport.write`.
-
-    A publisher's event and ack, or a burst of publications handled in the same iteration,
-    then cost one system call per client instead of one per frame. One flusher per loop.
-    """
-
-    __slots__ = ("_loop", "_dirty", "_scheduled")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._dirty: list[DirectSink] = []
-        self._scheduled = False
-
-    def add(self, sink: DirectSink) -> None:
-        self._dirty.append(sink)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for sink in dirty:
-            sink.flush()
-
-
-_flushers: dict[asyncio.AbstractEventLoop, _Flusher] = {}
-
-
-def _flusher() -> _Flusher:
-    loop = asyncio.get_running_loop()
-    flusher = _flushers.get(loop)
-    if flusher is None:
-        # Loops end with their tests or their process; drop flushers of closed ones.
-        for old in [lp for lp in _flushers if lp.is_closed()]:
-            del _flushers[old]
-        flusher = _flushers[loop] = _Flusher(loop)
-    return flusher
-
-
-class DirectSink:
-    """Writes wire frames to the WebSocket protocol's transport (see module docstring)."""
-
-    __slots__ = (
-        "_proto",
-        "_transport",
-        "_limit",
-        "_on_overflow",
-        "_flusher",
-        "_pending",
-        "_pending_bytes",
-        "closing",
-    )
-
-    def __init__(self, proto: Any, limit_bytes: int, on_overflow: Callable[[], None]) -> None:
-        self._proto = proto
-        self._transport: asyncio.Transport = proto.transport
-        self._limit = limit_bytes
-        self._on_overflow = on_overflow
-        self._flusher = _flusher()
-        # The handshake is over: uvicorn would keep its request and response (every header)
-        # for the life of the connection, and nothing reads them again. Idle memory.
-        for name in ("request", "response"):
-            if hasattr(proto, name):
-                setattr(proto, name, None)
-        # Frames of the current loop iteration, written together by the flusher.
-        self._pending: list[bytes] | None = None
-        self._pending_bytes = 0
-        self.closing = False
-
-    @staticmethod
-    def supports(send: AsgiSend) -> Any | None:
-        """The uvicorn protocol behind `send`, when it is one we can write to directly."""
-        proto = getattr(send, "__self__", None)
-        if isinstance(proto, WebSocketProtocol):
-            return proto  # never negotiates compression
-        if not isinstance(proto, WebSocketsSansIOProtocol):
-            return None
-        if getattr(proto.config, "ws_per_message_deflate", True):
-            return None  # compressed connections need per-client framing
-        return proto
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._transport.get_write_buffer_size() + self._pending_bytes
-
-    def push(self, frame: Frame) -> bool:
-        if self.closing:
-            return False
-        transport = self._transport
-        if transport.is_closing() or self._proto.close_sent:
-            self.closing = True
-            return False
-        wire = frame.wire
-        size = len(wire)
-        pending_bytes = self._pending_bytes + size
-        if transport.get_write_buffer_size() + pending_bytes > self._limit:
-            self._on_overflow()
-            return False
-        pending = self._pending
-        if pending is None:
-            self._pending = [wire]
-            self._flusher.add(self)
-        else:
-            pending.append(wire)
-        self._pending_bytes = pending_bytes
-        if pending_bytes >= FLUSH_BYTES:
-            # A long burst in one iteration: hand it to the kernel now rather than let it
-            # pile up in user space (where it would count against the limit).
-            self.flush()
-        return True
-
-    def flush(self) -> None:
-        """Write what this iteration queued (called by the flusher, and before a close)."""
-        pending = self._pending
-        if pending is None:
-            return
-        self._pending = None
-        self._pending_bytes = 0
-        transport = self._transport
-        if transport.is_closing() or self._proto.close_sent:
-            return
-        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    async def close(self, code: int, reason: str, timeout: float) -> None:
-        if self.closing:
-            return
-        self.flush()
-        self.closing = True
-        # uvicorn's send waits until the transport drained below its high-water mark, so the
-        # close frame goes out after everything queued before it.
-        try:
-            await asyncio.wait_for(
-                self._proto.send({"type": "websocket.close", "code": code, "reason": reason}),
-                timeout,
-            )
-        except (TimeoutError, Exception):  # noqa: BLE001 - any failure here means: abort
-            self.abort(code, reason)
-
-    def abort(self, code: int, reason: str) -> None:
-        self.closing = True
-        self._pending = None
-        self._pending_bytes = 0
-        proto = self._proto
-        transport = self._transport
-        if transport.is_closing():
-            return
-        # What uvicorn itself does on a keepalive timeout: fail the protocol, write the close
-        # frame behind what is buffered, close; then abort if the peer never drains it.
-        with contextlib.suppress(Exception):
-            proto.conn.fail(code, reason)
-            transport.write(b"".join(proto.conn.data_to_send()))
-        proto.close_sent = True
-        transport.close()
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, transport.abort)
 
 
 class QueueSink:
@@ -230,7 +51,7 @@ class QueueSink:
         "_wakeup",
         "_task",
         "_close",
-        "closing",
+        "_closing",
     )
 
     def __init__(
@@ -244,7 +65,7 @@ class QueueSink:
         self._on_overflow = on_overflow
         self._wakeup: asyncio.Future[None] | None = None
         self._close: tuple[int, str] | None = None
-        self.closing = False
+        self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._writer())
 
     @property
@@ -252,7 +73,7 @@ class QueueSink:
         return self._bytes
 
     def push(self, frame: Frame) -> bool:
-        if self.closing:
+        if self._closing:
             return False
         size = len(frame)
         if len(self._queue) >= self._max_messages or self._bytes + size > self._max_bytes:
@@ -292,9 +113,9 @@ class QueueSink:
             logger.debug("writer stopped", exc_info=True)
 
     async def close(self, code: int, reason: str, timeout: float) -> None:
-        if self.closing:
+        if self._closing:
             return
-        self.closing = True
+        self._closing = True
         self._close = (code, reason)
         self._wake()
         try:
@@ -303,7 +124,7 @@ class QueueSink:
             self.abort(code, reason)
 
     def abort(self, code: int, reason: str) -> None:
-        self.closing = True
+        self._closing = True
         self._queue.clear()
         self._bytes = 0
         self._task.cancel()
@@ -321,6 +142,15 @@ class QueueSink:
             await self._task
 
 
+class ConnectionState(enum.Enum):
+    """A connection's life as the service sees it; `close_code` says why it ended."""
+
+    AUTHENTICATING = "authenticating"  # token mode, no valid token yet: only auth and ping
+    OPEN = "open"
+    CLOSING = "closing"  # a close was decided (close_code set): flushing, then the close frame
+    CLOSED = "closed"  # the endpoint is done with it
+
+
 class Connection:
     """A connected client as the rest of the service sees it."""
 
@@ -333,10 +163,9 @@ class Connection:
         "connected_at",
         "last_seen",
         "sink",
+        "state",
         "close_code",
-        "slow",
         "role",
-        "authenticated",
         "expires_at",
         "publish_bucket",
         "message_bucket",
@@ -360,7 +189,7 @@ class Connection:
         self.remote = remote
         # Open mode: an agent when it names one, else an observer (the dashboard's role).
         self.role = role or (Role.AGENT if agent_id else Role.DASHBOARD)
-        self.authenticated = authenticated
+        self.state = ConnectionState.OPEN if authenticated else ConnectionState.AUTHENTICATING
         self.expires_at = expires_at  # Unix time the token expires (token mode)
         self.publish_bucket: TokenBucket | None = None
         self.message_bucket: TokenBucket | None = None
@@ -369,13 +198,36 @@ class Connection:
         self.last_seen = time.monotonic()
         self.sink: Sink | None = None
         self.close_code: int | None = None
-        self.slow = False
 
-    def attach(self, send: AsgiSend, max_messages: int, max_bytes: int) -> None:
-        """Choose the sink for an accepted connection (see module docstring)."""
-        proto = DirectSink.supports(send)
-        if proto is not None:
-            self.sink = DirectSink(proto, max_bytes, self._overflow)
+    @property
+    def authenticated(self) -> bool:
+        """Past AUTHENTICATING: it may do more than `auth` and `ping`."""
+        return self.state is not ConnectionState.AUTHENTICATING
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        # AUTHENTICATING ⇄ OPEN only; a connection already closing stays closing.
+        if value and self.state is ConnectionState.AUTHENTICATING:
+            self.state = ConnectionState.OPEN
+        elif not value and self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.AUTHENTICATING
+
+    @property
+    def slow(self) -> bool:
+        """Closed because it did not read what it was sent (3008)."""
+        return self.close_code == CloseCode.SLOW_CONSUMER
+
+    def attach(
+        self, scope: MutableMapping[str, Any], send: AsgiSend, max_messages: int, max_bytes: int
+    ) -> None:
+        """Choose the sink for an accepted connection (see module docstring).
+
+        The server's offer is taken out of the scope: the scope lives as long as the
+        connection (the endpoint drops its headers for the same reason).
+        """
+        transport = take_transport(scope)
+        if transport is not None:
+            self.sink = transport.open_sink(max_bytes, self._overflow)
         else:
             self.sink = QueueSink(send, max_messages, max_bytes, self._overflow)
 
@@ -387,8 +239,9 @@ class Connection:
     def _overflow(self) -> None:
         if self.slow:
             return
-        self.slow = True
         self.close_code = CloseCode.SLOW_CONSUMER
+        if self.state is not ConnectionState.CLOSED:
+            self.state = ConnectionState.CLOSING
         logger.warning(
             "slow consumer disconnected",
             extra={"client_id": self.client_id, "agent_id": self.agent_id},
@@ -400,8 +253,16 @@ class Connection:
         """Flush, then close with `code`."""
         if self.close_code is None:
             self.close_code = code
+        if self.state is not ConnectionState.CLOSED:
+            self.state = ConnectionState.CLOSING
         if self.sink is not None:
             await self.sink.close(code, reason, timeout)
 
+    async def detach(self) -> None:
+        """The endpoint is done with this connection: CLOSED, and the sink released."""
+        self.state = ConnectionState.CLOSED
+        if self.sink is not None:
+            await self.sink.stop()
+
     def __repr__(self) -> str:
-        return f"<Connection {self.client_id} agent={self.agent_id!r}>"
+        return f"<Connection {self.client_id} {self.state.value} agent={self.agent_id!r}>"

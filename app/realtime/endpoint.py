@@ -1,7 +1,7 @@
 """The WebSocket endpoint: handshake, read loop, and dispatch of client messages.
 
-It speaks raw ASGI rather than through a framework's WebSocket wrapper so that the
-connection's sink can reach uvicorn's transport (see connection.py) and nothing wraps `send`.
+It speaks raw ASGI rather than through a framework's WebSocket wrapper so that the sink the
+server offers in the scope (transport.py) reaches the connection and nothing wraps `send`.
 A connection goes through three steps: `_admit` (draining, origin and connection limits, the
 accept), `_authenticate` (the token, or the open-mode query claim; `adopt` is the one way an
 identity is taken on, here and on `auth`), and `_serve` (the read loop). Messages from one
@@ -43,6 +43,7 @@ from app.realtime.protocol import (
     request_id,
     require_str,
 )
+from app.realtime.transport import address_peers
 
 logger = logging.getLogger("context_manager.endpoint")
 
@@ -340,7 +341,7 @@ async def _admit(
         return None
     client = scope.get("client") or ("unknown", 0)
     remote = str(client[0])
-    refusal = manager.admission(remote, _header(scope, b"origin"))
+    refusal = manager.admission(remote, _header(scope, b"origin"), peers=address_peers(scope))
     await send({"type": "websocket.accept"})
     # The refusals below happen after accept so that the client sees a close code and reason.
     if refusal is not None:
@@ -351,7 +352,7 @@ async def _admit(
     settings = manager.settings
     connection = Connection(new_client_id(), agent_id=None, session_id=None, remote=remote)
     connection.authenticated = settings.auth_mode != "token"
-    connection.attach(send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
+    connection.attach(scope, send, settings.outbound_queue_messages, settings.outbound_queue_bytes)
     return connection
 
 
@@ -393,7 +394,7 @@ async def websocket_endpoint(
     except TokenError as exc:
         manager.stats.connections_rejected[str(exc)] += 1
         await connection.close(_token_close_code(exc), str(exc), manager.settings.shutdown_timeout)
-        await _stop_sink(connection)
+        await connection.detach()
         return
     # Headers were read (Origin, Authorization) before accept; the scope lives as long as the
     # connection, so let them go.
@@ -445,7 +446,7 @@ async def _serve(conversation: Conversation, receive: Receive) -> None:
                 break
     finally:
         await manager.disconnect(connection, close_code)
-        await _stop_sink(connection)
+        await connection.detach()
         logger.info(
             "connection closed",
             extra={
@@ -456,10 +457,3 @@ async def _serve(conversation: Conversation, receive: Receive) -> None:
                 else close_code,
             },
         )
-
-
-async def _stop_sink(connection: Connection) -> None:
-    sink = connection.sink
-    stop = getattr(sink, "stop", None)
-    if stop is not None:
-        await stop()

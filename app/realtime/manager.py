@@ -182,15 +182,19 @@ class ConnectionManager:
                 connection.close_code = code
                 asyncio.create_task(connection.close(code, reason, self.settings.shutdown_timeout))
 
-    def admission(self, remote: str, origin: str | None) -> tuple[int, str] | None:
-        """Why a new connection must be refused (close code, reason), or None."""
+    def admission(self, remote: str, origin: str | None, peers: int = 0) -> tuple[int, str] | None:
+        """Why a new connection must be refused (close code, reason), or None.
+
+        `peers`: the other connections of `remote` the server's transport holds, upgraded or
+        not (transport.address_peers); this manager alone counts only upgraded ones.
+        """
         settings = self.settings
         allowed = settings.allowed_origins
         if allowed and origin is not None and origin.rstrip("/") not in allowed:
             return CloseCode.FORBIDDEN, "origin not allowed"
         if len(self.connections) >= settings.max_connections:
             return CloseCode.CONNECTION_LIMIT, "too many connections"
-        if self._per_address[remote] >= settings.max_connections_per_ip:
+        if max(self._per_address[remote], peers) >= settings.max_connections_per_ip:
             return CloseCode.CONNECTION_LIMIT, "too many connections from this address"
         return None
 

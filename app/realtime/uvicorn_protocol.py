@@ -5,9 +5,11 @@ hands the bytes to its WebSocket protocol, which parses them a second time with 
 pure-Python HTTP parser, validates them, and builds a `Response` object with its headers. In
 a connect storm that handshake path was 40 % of the server's CPU (docs/performance.md).
 
-* `UpgradeProtocol` is uvicorn's httptools protocol with one change: an upgrade request is
-  handed to `WebSocketProtocol` with the method, target and headers httptools already parsed.
-  Plain HTTP requests on the port (`/health`, `/stats`, `/metrics`, …) are served as before.
+* `UpgradeProtocol` is the service's bounded httptools protocol (app/core/http_protocol.py:
+  request-head size, header count and time bounds, per-address admission) with one change: an
+  upgrade request is handed to `WebSocketProtocol` with the method, target and headers
+  httptools already parsed. Plain HTTP requests on the port (`/health`, `/stats`,
+  `/metrics`, …) are served as before.
 * `WebSocketProtocol` validates the handshake from those headers (RFC 6455 §4.2.1), answers
   with a pre-built `101`, and frames with websockets' sans-I/O `Protocol` (the same frame
   parser and close handshake uvicorn's ``websockets-sansio`` uses). It speaks ASGI to the
@@ -16,7 +18,18 @@ a connect storm that handshake path was 40 % of the server's CPU (docs/performan
   socket pauses only once `INBOX_HIGH` messages or `INBOX_HIGH_BYTES` wait (uvicorn pauses and
   resumes the socket  around every message).
 
-`connection.DirectSink` writes pre-encoded frames straight to this protocol's transport.
+Every inbound frame — data, continuation, ping, pong, close — spends a token of the
+connection's frame bucket (FRAME_RATE / FRAME_BURST) and a message has at most
+MAX_MESSAGE_FRAGMENTS fragments; past either the connection is closed at once with 1008. Bytes
+are parsed in slices of `FEED_BYTES`, the bucket checked after each, so a read full of tiny
+frames is cut off after one slice instead of being parsed whole. The pongs and pings this
+protocol writes count against the same outbound bound as data frames (OUTBOUND_QUEUE_BYTES):
+a client that sends pings and never reads is closed with 3008, and every close that does not
+wait for the peer's reply aborts the socket `CLOSE_GRACE` later, so a peer that never reads
+cannot pin what is buffered for it.
+
+The protocol offers the application its sink through the ASGI scope (transport.py): a
+`direct_sink.DirectSink` writes pre-encoded frames straight to this protocol's transport.
 Used by `app.server.Service` for the WebSocket surface: ``http=UpgradeProtocol``.
 """
 
@@ -26,20 +39,31 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
+import enum
 import hashlib
 import logging
 import random
 import struct
-from typing import Any, cast
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side
+
+from app.core.admission import ConnectionGuard
+from app.core.http_protocol import BoundedHttpProtocol, HeadLimits, plain_response
+from app.realtime.transport import EXTENSION
+
+if TYPE_CHECKING:
+    from app.realtime.direct_sink import DirectSink
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -56,6 +80,32 @@ INBOX_LOW_BYTES = 64 * 1024
 # After our close frame, how long the peer has to answer it before the transport is closed.
 CLOSE_TIMEOUT = 10.0
 
+# A close that does not wait for the peer's reply (a bound broken, a parser error, an echo):
+# how long the peer has to take what is buffered before the socket is aborted.
+CLOSE_GRACE = 2.0
+
+# Inbound bytes are parsed this many at a time, the frame bucket checked after each slice.
+FEED_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """FRAME_RATE, FRAME_BURST, MAX_MESSAGE_FRAGMENTS, OUTBOUND_QUEUE_BYTES (config.py)."""
+
+    rate: float = 1000.0
+    burst: float = 2000.0  # a float: every connection's bucket starts as this same object
+    max_fragments: int = 128
+    outbound_bytes: int = 4 * 1024 * 1024
+
+
+class WebSocketState(enum.Enum):
+    """Where a `WebSocketProtocol` is between its upgrade request and its socket's end."""
+
+    CONNECTING = "connecting"  # the application has not accepted (or refused) yet
+    OPEN = "open"
+    CLOSING = "closing"  # our close frame (or an HTTP refusal) is out; reading on for a reply
+    CLOSED = "closed"  # the transport is gone
+
 
 class HandshakeError(Exception):
     """An upgrade request RFC 6455 does not allow; answered with `status` and closed."""
@@ -69,27 +119,6 @@ class HandshakeError(Exception):
 def accept_key(key: bytes) -> bytes:
     """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
-
-
-def _plain_response(status: int, reason: str, body: str, headers: bytes = b"") -> bytes:
-    payload = body.encode()
-    return (
-        f"HTTP/1.1 {status} {reason}\r\n".encode()
-        + b"content-type: text/plain; charset=utf-8\r\n"
-        + f"content-length: {len(payload)}\r\n".encode()
-        + b"connection: close\r\n"
-        + headers
-        + b"\r\n"
-        + payload
-    )
-
-
-_REASONS = {
-    400: "Bad Request",
-    403: "Forbidden",
-    426: "Upgrade Required",
-    500: "Internal Server Error",
-}
 
 
 def check_handshake(
@@ -135,14 +164,38 @@ def check_handshake(
     return key, path, subprotocols
 
 
-class UpgradeProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, handing WebSocket upgrades over without a second parse."""
+class UpgradeProtocol(BoundedHttpProtocol):
+    """The bounded httptools protocol, handing WebSocket upgrades over without a second parse."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: HeadLimits | None = None,
+        guard: ConnectionGuard | None = None,
+        frames: FrameLimits | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop, limits=limits, guard=guard)
+        self.frame_limits = frames or FrameLimits()
+
+    def _refuses_over_limit(self, upgrade: bool) -> bool:
+        # A WebSocket past the per-address limit is told so by the endpoint (close 3504).
+        return not upgrade
 
     def handle_websocket_upgrade(self) -> None:
         self.connections.discard(self)
-        protocol = WebSocketProtocol(self.config, self.server_state, self.loop)
+        protocol = WebSocketProtocol(
+            self.config, self.server_state, self.loop, limits=self.frame_limits
+        )
         # The addresses are known already (looking them up again makes a socket object).
         protocol.adopt(self.transport, self.server, self.client, self.scheme == "https")
+        if self._counted:
+            # The guard's count of this connection goes with it to the WebSocket protocol.
+            self._counted = False
+            protocol.count_in(self.guard, self.address)
         self.transport.set_protocol(protocol)
         protocol.upgrade(cast(dict[str, Any], self.scope), self.url)
 
@@ -161,18 +214,22 @@ class WebSocketProtocol(asyncio.Protocol):
         "server",
         "client",
         "scheme",
-        "scope",
         "conn",
+        "limits",
+        "guard",
+        "address",
+        "sink",
+        "state",
         "_accept",
-        "handshake_complete",
-        "close_sent",
-        "disconnected",
         "close_timer",
+        "_abort_timer",
         "read_paused",
         "_inbox",
         "_inbox_bytes",
         "_waiter",
         "_writable",
+        "_frame_tokens",
+        "_frame_stamp",
         "_fragments",
         "_fragment_text",
         "ping_timer",
@@ -187,6 +244,8 @@ class WebSocketProtocol(asyncio.Protocol):
         config: Config,
         server_state: ServerState,
         loop: asyncio.AbstractEventLoop,
+        *,
+        limits: FrameLimits | None = None,
     ) -> None:
         self.config = config
         self.app = config.loaded_app
@@ -198,19 +257,25 @@ class WebSocketProtocol(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
         self.scheme = "ws"
-        self.scope: dict[str, Any] = {}
         self.conn = Protocol(Side.SERVER, max_size=config.ws_max_size, logger=logger)
+        self.limits = limits = limits or FrameLimits()
+        self.guard: ConnectionGuard | None = None
+        self.address = ""
+        self.sink: DirectSink | None = None
+        self.state = WebSocketState.CONNECTING
         self._accept = b""
-        self.handshake_complete = False
-        self.close_sent = False
-        self.disconnected = False
         self.close_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
         self.read_paused = False
         self._inbox: collections.deque[dict[str, Any]] = collections.deque()
         self._inbox_bytes = 0  # payload bytes (characters of text) waiting in the inbox
         self._waiter: asyncio.Future[None] | None = None
         # Set while the transport's buffer is above its high-water mark (pause_writing).
         self._writable: asyncio.Future[None] | None = None
+        # The frame bucket, inline (two floats, no object per connection): full at the first
+        # frame, since the stamp is the epoch of the monotonic clock.
+        self._frame_tokens = limits.burst
+        self._frame_stamp = 0.0
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self.ping_timer: asyncio.TimerHandle | None = None
@@ -218,6 +283,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self.pending_ping_payload: bytes | None = None
         self.ping_sent_at = 0.0
         self.last_ping_rtt = 0.0
+
+    @property
+    def closing(self) -> bool:
+        """Our close is out (or the socket is gone): nothing more is written."""
+        state = self.state
+        return state is WebSocketState.CLOSING or state is WebSocketState.CLOSED
 
     # --- asyncio.Protocol -----------------------------------------------------------------
     # No connection_made: the transport exists before this protocol; `adopt` takes it over.
@@ -236,6 +307,11 @@ class WebSocketProtocol(asyncio.Protocol):
         self.scheme = "wss" if tls else "ws"
         self.connections.add(self)  # type: ignore[arg-type]
 
+    def count_in(self, guard: ConnectionGuard | None, address: str) -> None:
+        """Take over the HTTP protocol's place in the guard's count; released on close."""
+        self.guard = guard
+        self.address = address
+
     def upgrade(self, http_scope: dict[str, Any], target: bytes) -> None:
         """Answer the upgrade request httptools parsed: fail it, or start the application."""
         headers: list[tuple[bytes, bytes]] = http_scope["headers"]
@@ -243,16 +319,16 @@ class WebSocketProtocol(asyncio.Protocol):
         try:
             key, path, subprotocols = check_handshake(http_scope["method"], raw_path, headers)
         except HandshakeError as exc:
-            self.handshake_complete = self.close_sent = True
+            self.state = WebSocketState.CLOSING
             body = f"Failed to open a WebSocket connection: {exc}.\n"
-            self.transport.write(
-                _plain_response(exc.status, _REASONS[exc.status], body, exc.headers)
-            )
+            self.transport.write(plain_response(exc.status, body, exc.headers))
             self.transport.close()
             return
         self._accept = accept_key(key)
         root_path: str = self.config.root_path
-        self.scope = {
+        # Not kept on the protocol: the scope holds the protocol (its extension), and a cycle
+        # would outlive the connection until the next full collection.
+        scope = {
             "type": "websocket",
             "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
             "http_version": http_scope.get("http_version", "1.1"),
@@ -266,23 +342,29 @@ class WebSocketProtocol(asyncio.Protocol):
             "headers": headers,
             "subprotocols": subprotocols,
             "state": http_scope["state"],
+            # This protocol owns the socket: it offers the sink (transport.py).
+            "extensions": {EXTENSION: {"transport": self}},
         }
         self._inbox.append({"type": "websocket.connect"})
-        task = self.loop.create_task(self.run_asgi())
+        task = self.loop.create_task(self.run_asgi(scope))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_keepalive()
-        code = 1005 if self.handshake_complete else 1006
+        code = 1006 if self.state is WebSocketState.CONNECTING else 1005
         self._deliver({"type": "websocket.disconnect", "code": code})
         self.connections.discard(self)
-        self.handshake_complete = True
-        self.disconnected = True
+        self.state = WebSocketState.CLOSED
+        self._fragments = []
         self._wake_writer()
-        if self.close_timer is not None:
-            self.close_timer.cancel()
-            self.close_timer = None
+        for timer in (self.close_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        self.close_timer = self._abort_timer = None
+        guard, self.guard = self.guard, None
+        if guard is not None:
+            guard.release(self.address)
         if exc is None:
             self.transport.close()
 
@@ -304,49 +386,132 @@ class WebSocketProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn's server is exiting: close with 1012 (Service drains before this)."""
         self.stop_keepalive()
-        if self.close_sent:
+        if self.closing:
             if self.close_timer is not None:
                 self.close_timer.cancel()
                 self.close_timer = None
             self.transport.close()
             return
-        if self.handshake_complete:
+        if self.state is WebSocketState.OPEN:
             self._deliver({"type": "websocket.disconnect", "code": 1012})
             self.conn.send_close(1012)
             self._write_pending()
-            self.close_sent = True
+            self.state = WebSocketState.CLOSING
         else:
             self._send_500()
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if len(data) <= FEED_BYTES:
+            self._receive(data)
+            return
+        # A large read is parsed a slice at a time: websockets would otherwise parse every
+        # frame in it before the frame bucket is looked at (tens of thousands of empty ones).
+        view = memoryview(data)
+        for start in range(0, len(data), FEED_BYTES):
+            if not self._receive(view[start : start + FEED_BYTES]):
+                return
+
+    def _receive(self, data: bytes | memoryview) -> bool:
+        """Parse and handle `data`; False once the connection is closed for what it sent."""
         conn = self.conn
-        conn.receive_data(data)
+        conn.receive_data(data)  # type: ignore[arg-type]  # a bytearray appends a memoryview
         if conn.parser_exc is not None:
             self._fail_from_parser()
-            return
+            return False
         # A server-side Protocol past the handshake only ever yields frames.
-        for event in cast("list[Frame]", conn.events_received()):
+        events = cast("list[Frame]", conn.events_received())
+        if not events:
+            return True
+        # Every frame spends a token: data, continuation, ping, pong, close (FRAME_RATE).
+        limits = self.limits
+        now = time.monotonic()
+        tokens = self._frame_tokens + (now - self._frame_stamp) * limits.rate
+        if tokens > limits.burst:
+            tokens = limits.burst
+        tokens -= len(events)
+        self._frame_stamp = now
+        if tokens < 0.0:
+            self._violation("frame rate exceeded")
+            return False
+        self._frame_tokens = tokens
+        transport = self.transport
+        for event in events:
             opcode = event.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
                 self._on_data(event)
             elif opcode is Opcode.PING:
                 # websockets queued the pong already.
-                self._write_pending()
+                self._write_control()
             elif opcode is Opcode.PONG:
                 self._on_pong(event)
             elif opcode is Opcode.CLOSE:
                 self._on_close()
+            if transport.is_closing():
+                return False
+        return True
 
     def _write_pending(self) -> None:
-        """Write what websockets' state machine queued (a pong, a close frame, a frame)."""
+        """Write what websockets' state machine queued (a close frame, an application frame)."""
         self.transport.write(b"".join(self.conn.data_to_send()))
 
+    def _write_control(self) -> None:
+        """Write a pong or ping websockets queued, within the connection's outbound bound."""
+        data = b"".join(self.conn.data_to_send())
+        sink = self.sink
+        if sink is not None:
+            queued, limit = sink.queued_bytes, sink.limit
+        else:
+            queued, limit = self.transport.get_write_buffer_size(), self.limits.outbound_bytes
+        if queued + len(data) > limit:
+            # A client that sends pings and never reads their pongs is a slow consumer.
+            if sink is not None:
+                sink.overflow()  # the connection records it and aborts through the sink
+            else:
+                self.abort(3008, "slow consumer")
+            return
+        self.transport.write(data)
+
     def _close_now(self) -> None:
-        """Write the close frame websockets queued and close without waiting for a reply."""
+        """Write the close frame websockets queued; close without waiting for a reply."""
         self._write_pending()
-        self.close_sent = True
+        self.state = WebSocketState.CLOSING
         self.transport.close()
+        # close() waits for the buffer to drain; a peer that never reads would hold it.
+        if self._abort_timer is None:
+            self._abort_timer = self.loop.call_later(CLOSE_GRACE, self.transport.abort)
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close now with `code`: the close frame behind what is buffered, no closing handshake."""
+        if self.transport.is_closing():
+            return
+        with contextlib.suppress(Exception):
+            self.conn.fail(code, reason)
+        self._close_now()
+
+    def _violation(self, reason: str) -> None:
+        """The client broke a frame bound: close 1008 at once and drop what it sent."""
+        self._fragments = []
+        self._deliver({"type": "websocket.disconnect", "code": 1008, "reason": reason})
+        logger.info("WebSocket closed with 1008: %s (client %s)", reason, self.address or "?")
+        self.abort(1008, reason)
+
+    # --- what this protocol offers the application (transport.WebSocketTransport) ----------
+
+    def open_sink(self, max_bytes: int, on_overflow: Callable[[], None]) -> DirectSink:
+        """The sink of this connection: frames straight to its transport."""
+        from app.realtime.direct_sink import DirectSink  # it imports this module
+
+        self.sink = DirectSink(self, max_bytes, on_overflow)
+        return self.sink
+
+    def peers(self) -> int:
+        """Other connections of this client's address the process holds (any port)."""
+        return self.guard.peers(self.address) if self.guard is not None else 0
+
+    async def close(self, code: int, reason: str) -> None:
+        """The closing handshake, after what is buffered (waits while the transport is full)."""
+        await self.send({"type": "websocket.close", "code": code, "reason": reason})
 
     # --- inbound --------------------------------------------------------------------------
 
@@ -358,14 +523,18 @@ class WebSocketProtocol(asyncio.Protocol):
                 return
             self._fragments = [bytes(frame.data)]
             return
-        self._fragments.append(bytes(frame.data))
+        fragments = self._fragments
+        if len(fragments) >= self.limits.max_fragments:
+            self._violation("too many fragments")
+            return
+        fragments.append(bytes(frame.data))
         if frame.fin:
-            data = b"".join(self._fragments)
+            data = b"".join(fragments)
             self._fragments = []
             self._on_message(data)
 
     def _on_message(self, data: bytes) -> None:
-        if self.close_sent:
+        if self.closing:
             # The application is past `websocket.close`: drop it, keep reading for the reply.
             return
         if self._fragment_text:
@@ -394,7 +563,7 @@ class WebSocketProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def _on_close(self) -> None:
-        if self.close_sent:
+        if self.closing:
             # The peer answered our close frame: the closing handshake is complete.
             if self.close_timer is not None:
                 self.close_timer.cancel()
@@ -439,12 +608,14 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _send_ping(self) -> None:
         self.ping_timer = None
-        if self.close_sent or self.transport.is_closing():
+        if self.closing or self.transport.is_closing():
             return
         self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
         self.ping_sent_at = self.loop.time()
         self.conn.send_ping(self.pending_ping_payload)
-        self._write_pending()
+        self._write_control()
+        if self.transport.is_closing():
+            return
         timeout = self.config.ws_ping_timeout
         if timeout is not None:
             self.pong_timer = self.loop.call_later(timeout, self._keepalive_timeout)
@@ -465,23 +636,23 @@ class WebSocketProtocol(asyncio.Protocol):
     def _keepalive_timeout(self) -> None:
         self.pong_timer = None
         self.pending_ping_payload = None
-        if self.close_sent or self.transport.is_closing():
+        if self.closing or self.transport.is_closing():
             return
         self.conn.fail(1011, "keepalive ping timeout")
         self._close_now()
 
     # --- ASGI -----------------------------------------------------------------------------
 
-    async def run_asgi(self) -> None:
+    async def run_asgi(self, scope: dict[str, Any]) -> None:
         try:
-            result = await self.app(self.scope, self.receive, self.send)
+            result = await self.app(scope, self.receive, self.send)
         except ClientDisconnected:
             pass
         except BaseException:
             logger.exception("Exception in ASGI application\n")
             self._send_500()
         else:
-            if not self.handshake_complete:
+            if self.state is WebSocketState.CONNECTING:
                 logger.error("ASGI callable returned without completing handshake.")
                 self._send_500()
             elif result is not None:
@@ -490,10 +661,10 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.close()
 
     def _send_500(self) -> None:
-        if self.handshake_complete:
+        if self.state is not WebSocketState.CONNECTING:
             return
-        self.handshake_complete = True
-        self.transport.write(_plain_response(500, _REASONS[500], "Internal Server Error"))
+        self.state = WebSocketState.CLOSING
+        self.transport.write(plain_response(500, "Internal Server Error"))
 
     async def receive(self) -> dict[str, Any]:
         inbox = self._inbox
@@ -518,17 +689,18 @@ class WebSocketProtocol(asyncio.Protocol):
         writable = self._writable
         if writable is not None:
             await asyncio.shield(writable)
-        if self.disconnected:
+        state = self.state
+        if state is WebSocketState.CLOSED:
             raise ClientDisconnected()
         kind = message["type"]
-        if not self.handshake_complete:
+        if state is WebSocketState.CONNECTING:
             if kind == "websocket.accept":
                 self._accept_handshake(message)
             elif kind == "websocket.close":
                 # Before accept a close is an HTTP 403 (ASGI spec).
                 self._deliver({"type": "websocket.disconnect", "code": 1006})
-                self.handshake_complete = self.close_sent = True
-                self.transport.write(_plain_response(403, _REASONS[403], ""))
+                self.state = WebSocketState.CLOSING
+                self.transport.write(plain_response(403, ""))
                 self.transport.close()
             else:
                 raise RuntimeError(
@@ -536,7 +708,7 @@ class WebSocketProtocol(asyncio.Protocol):
                     f"but got {kind!r}."
                 )
             return
-        if self.close_sent:
+        if state is WebSocketState.CLOSING:
             raise RuntimeError(
                 f"Unexpected ASGI message {kind!r}, after sending 'websocket.close'."
             )
@@ -556,11 +728,11 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
                 self.conn.send_close(code, reason)
                 self._write_pending()
-                self.close_sent = True
+                self.state = WebSocketState.CLOSING
                 if self.read_paused:
                     self.read_paused = False
                     self.transport.resume_reading()
-                self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+                self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
             else:
                 raise RuntimeError(
                     "Expected ASGI message 'websocket.send' or 'websocket.close', "
@@ -584,6 +756,6 @@ class WebSocketProtocol(asyncio.Protocol):
         if subprotocol:
             lines.append(b"sec-websocket-protocol: " + subprotocol.encode() + b"\r\n")
         lines.append(b"\r\n")
-        self.handshake_complete = True
+        self.state = WebSocketState.OPEN
         self.transport.write(b"".join(lines))
         self.start_keepalive()
