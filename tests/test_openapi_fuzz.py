@@ -35,6 +35,8 @@ CHECKS = ",".join(
         "negative_data_rejection",
     ]
 )
+# A run covers every operation of the API; on two busy cores that can take minutes.
+pytestmark = pytest.mark.timeout(360)
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 PATHS = (
     r"^/api/(sessions|agents|tasks|subtasks|messages|actions|events|metrics|channels"
@@ -118,7 +120,12 @@ async def _run_schemathesis(
         cwd=tmp_path,  # schemathesis may write a report or cache beside it
         env={**os.environ, **(env or {})},
     )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=100)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=300)
+    except TimeoutError:
+        process.kill()
+        await process.communicate()  # reap it and close its pipe
+        raise
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[-6000:]
     assert "passed" in text and "Tested: " in text

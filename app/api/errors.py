@@ -12,6 +12,7 @@
     422 INVALID_CHANNEL / INVALID_EVENT   POST /api/events (the WebSocket protocol's codes)
     422 VALIDATION_ERROR          the request does not fit the schema (FastAPI's validation)
     422 MISSING_FIELD             a writer's id left out where no token names it
+    503 DATABASE_BUSY             the database timed out or is unreachable (Retry-After: 1)
 
 The domain layer raises `DomainError`s (app/domain/errors.py); `install_error_handlers` maps
 each class to its status here, so a rule's error reads the same over every front door.
@@ -30,6 +31,7 @@ Nothing in a client's input makes an error answer fail.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -38,9 +40,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from app.domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.schemas import ErrorBody, PlainError
+
+logger = logging.getLogger("context_manager.api")
 
 
 class ApiError(Exception):
@@ -152,12 +157,22 @@ async def _handle_domain(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(encodable(body), status_code=domain_status(exc))
 
 
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """The database refused or timed out (SQLite busy past its timeout, PostgreSQL down): a
+    503 the client may retry, not an unexplained 500. Nothing was committed."""
+    assert isinstance(exc, OperationalError)
+    logger.warning("database unavailable: %s", str(exc.orig)[:200])
+    body = {"detail": "The database is busy or unreachable; retry shortly", "code": "DATABASE_BUSY"}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer ApiError and the domain's errors with their status and body, and request
     validation errors safely."""
     app.add_exception_handler(ApiError, _handle)
     app.add_exception_handler(DomainError, _handle_domain)
     app.add_exception_handler(RequestValidationError, _validation_failed)
+    app.add_exception_handler(OperationalError, _database_unavailable)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -32,7 +32,18 @@ def create_engine(database_url: str) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        # One connection for the process. SQLite has one writer at a time, and writers that
+        # find the lock taken sleep and retry in its busy handler, which is not fair: under
+        # twenty concurrent claimers one could wait past busy_timeout (a 503). The pool's
+        # queue is fair and costs nothing: every statement here takes microseconds to
+        # milliseconds, and sessions give their connection back at each commit or rollback
+        # (long polls wait without one). Other processes on the same file still meet the
+        # busy handler.
+        on_disk = bool(url.database) and url.database != ":memory:"
+        options: dict[str, Any] = (
+            {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30} if on_disk else {}
+        )
+        engine = create_async_engine(url, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)

@@ -7,10 +7,12 @@
       ├── release ──▶ pending, the attempt given back
       └── expiry ───▶ pending, or failed once max_attempts claims were used (the sweeper)
 
-A claim is one UPDATE whose WHERE picks the best ready task (pending, every dependency
-completed, capabilities covered, attempts left; highest priority, then oldest): on
-PostgreSQL the pick is `FOR UPDATE SKIP LOCKED`, so concurrent claimers take different rows
-without queueing behind each other; on SQLite the statement holds the database's write lock.
+A claim takes the best ready task (pending, every dependency completed, capabilities covered,
+attempts left; highest priority, then oldest). On PostgreSQL it is one UPDATE whose pick is
+`FOR UPDATE SKIP LOCKED`, so concurrent claimers take different rows without queueing behind
+each other. On SQLite (one writer) the best few candidates are read first, beside the writer,
+and one is taken by an UPDATE that checks its readiness again under the write lock: a claim
+holds the lock for one row, not for the search; losing a race only moves to the next one.
 Every lease operation is a compare-and-set on (lease id, not expired): a lease that expired or
 was taken over answers 409 LEASE_LOST and changes nothing. The fence grows with every claim,
 so whatever a holder writes elsewhere can carry it and be told apart from an older holder's.
@@ -43,22 +45,19 @@ def new_lease_id() -> str:
 # --- claiming --------------------------------------------------------------------------------
 
 
+# SQLite: how many of the best candidates a claim tries, read before taking the write lock.
+CANDIDATES = 8
+
+
 async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed | None:
     """Claim the best ready task now, or None."""
     db = ctx.db
-    pick = (
-        select(Task.id)
-        .where(*claimable(db, body.capabilities, agent_id, body.session_id))
-        .order_by(Task.priority.desc(), Task.created_at, Task.id)
-        .limit(1)
-        .with_for_update(skip_locked=True, of=Task)
-        .scalar_subquery()
-    )
+    ready = claimable(db, body.capabilities, agent_id, body.session_id)
+    best = select(Task.id).where(*ready).order_by(Task.priority.desc(), Task.created_at, Task.id)
     now = utcnow()
     lease_id = new_lease_id()
-    result = await db.execute(
+    take = (
         update(Task)
-        .where(Task.id == pick, Task.status == TaskStatus.PENDING.value)
         .values(
             status=TaskStatus.IN_PROGRESS.value,
             attempts=Task.attempts + 1,
@@ -74,7 +73,24 @@ async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed 
         .returning(Task.id)
         .execution_options(synchronize_session=False)
     )
-    claimed = result.scalar_one_or_none()
+    claimed: str | None = None
+    if db.get_bind().dialect.name == "postgresql":
+        # One statement: the pick skips rows other claimers hold, so nobody queues.
+        pick = best.limit(1).with_for_update(skip_locked=True, of=Task).scalar_subquery()
+        result = await db.execute(take.where(Task.id == pick, *ready))
+        claimed = result.scalar_one_or_none()
+    else:
+        # SQLite has one writer: pick the candidates under a read snapshot (beside the
+        # writer, in WAL mode), then take one with a compare-and-set on its readiness, which
+        # holds the write lock for one row instead of for the whole search.
+        candidates = list((await db.scalars(best.limit(CANDIDATES))).all())
+        await db.rollback()
+        for candidate in candidates:
+            result = await db.execute(take.where(Task.id == candidate, *ready))
+            claimed = result.scalar_one_or_none()
+            if claimed is not None:
+                break
+            await db.rollback()
     if claimed is None:
         await db.rollback()
         return None
