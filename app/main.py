@@ -36,6 +36,7 @@ from app.api.routes import (
     sessions,
     subtasks,
     tasks,
+    webhooks,
 )
 from app.core.config import Settings
 from app.dashboard import DashboardSurface
@@ -80,7 +81,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(health.router)
     # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
-    routers = (sessions, agents, tasks, subtasks, messages, actions, events, metrics, channels)
+    routers = (
+        sessions,
+        agents,
+        tasks,
+        subtasks,
+        messages,
+        actions,
+        events,
+        metrics,
+        channels,
+        webhooks,
+    )
     for module in routers:
         app.include_router(module.router, dependencies=[Depends(require_identity)])
     install_error_handlers(app)
