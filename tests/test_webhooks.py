@@ -7,6 +7,7 @@ Short retry schedules (WEBHOOK_RETRY_SCHEDULE=0.2,…) keep each test to seconds
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -365,3 +366,303 @@ async def test_a_receiver_slower_than_the_timeout_is_a_failure(
         assert rows[0]["error"] == "timed out after 0.5 s" and rows[0]["status_code"] is None
         assert 400 <= rows[0]["latency_ms"] < 2000
         assert len(receiver.unique_ids()) == 1
+
+
+# --- a node killed mid-delivery ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_node_killed_mid_delivery_leaves_nothing_undelivered(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Node A is SIGKILLed while the receiver holds its first POST open; node B (another
+    process, same database) takes the endpoint once A's lease runs out and delivers every
+    event — the interrupted one again, under the same webhook-id — in order."""
+    from tests.test_cluster import Nodes
+
+    first = True
+
+    def plan(_request: Received) -> Answer:
+        nonlocal first
+        hang, first = first, False
+        return Answer(hang=hang)
+
+    nodes = Nodes(
+        tmp_path,
+        {
+            "DATABASE_URL": database_url,
+            "MIGRATE_ON_START": "true",
+            "WEBHOOK_ALLOW_PRIVATE": "true",
+            "WEBHOOK_RETRY_SCHEDULE": "0.2,0.2,0.2",
+            "WEBHOOK_POLL_INTERVAL": "0.2",
+            "WEBHOOK_TIMEOUT": "1.5",  # lease: 2 × 1.5 + 1 = 4 s
+        },
+    )
+    try:
+        async with Receiver(plan) as receiver:
+            a = await nodes.start("hooks-a")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{a.api_port}") as http:
+                hook = await register(http, receiver.url, events=["task.created"])
+                for i in range(10):
+                    await http.post("/api/tasks", json={"title": f"t{i}"})
+            await receiver.wait_for(lambda rs: len(rs) == 1)
+            await a.stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+
+            b = await nodes.start("hooks-b")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{b.api_port}") as http:
+                for i in range(10, 15):
+                    await http.post("/api/tasks", json={"title": f"t{i}"})
+                await receiver.wait_for(lambda rs: len(set(r.webhook_id for r in rs)) == 15, 30)
+                titles = [r.json["data"]["title"] for r in receiver.requests]
+                assert titles[0] == "t0" and titles[1] == "t0"  # cut off, then again
+                assert titles[1:] == [f"t{i}" for i in range(15)], titles
+                assert receiver.requests[0].webhook_id == receiver.requests[1].webhook_id
+                assert receiver.requests[1].at - killed_at < 15  # within about the lease
+                for request in receiver.requests:
+                    request.verify(hook["secret"])
+                rows = await eventually(
+                    lambda: _rows_where(http, hook["id"], lambda rows: len(rows) == 15)
+                )
+                assert {row["node_id"] for row in rows} == {"hooks-b"}
+                assert all(row["delivery_state"] == "succeeded" for row in rows)
+    finally:
+        await nodes.close()
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+
+async def test_rotation_signs_with_both_secrets_during_the_overlap(
+    sqlite_url: str, start_service: ServiceFactory
+) -> None:
+    service = await start(start_service, sqlite_url, webhook_secret_overlap=1.5)
+    async with Receiver() as receiver, api(service) as http:
+        hook = await register(http, receiver.url, events=["task.created"])
+        old = hook["secret"]
+        await http.post("/api/tasks", json={"title": "before"})
+        await receiver.wait_for(lambda rs: len(rs) == 1)
+        assert len(receiver.requests[0].headers["webhook-signature"].split(" ")) == 1
+
+        rotated = await http.post(f"/api/webhooks/{hook['id']}/rotate-secret")
+        assert rotated.status_code == 200, rotated.text
+        new = rotated.json()["secret"]
+        assert new.startswith("whsec_") and new != old
+        listed = (await http.get(f"/api/webhooks/{hook['id']}")).json()
+        assert listed["previous_secret_expires_at"] is not None and "secret" not in listed
+
+        await http.post("/api/tasks", json={"title": "during"})
+        during = (await receiver.wait_for(lambda rs: len(rs) == 2))[1]
+        assert len(during.headers["webhook-signature"].split(" ")) == 2
+        assert during.verify(old)["data"]["title"] == "during"  # a receiver not yet updated
+        assert during.verify(new)["data"]["title"] == "during"  # one already updated
+
+        await asyncio.sleep(1.6)
+        await http.post("/api/tasks", json={"title": "after"})
+        after = (await receiver.wait_for(lambda rs: len(rs) == 3))[2]
+        assert len(after.headers["webhook-signature"].split(" ")) == 1
+        assert after.verify(new)["data"]["title"] == "after"
+        with pytest.raises(WebhookVerificationError):
+            after.verify(old)
+
+
+def test_signatures_follow_the_standard_webhooks_scheme() -> None:
+    """What `standardwebhooks` itself signs is what we send (its reference, byte for byte)."""
+    from datetime import UTC, datetime
+
+    from standardwebhooks import Webhook
+
+    from app.webhooks import signing
+
+    secret = signing.new_secret()
+    raw = signing.secret_key(secret)
+    assert len(raw) == 32
+    body = b'{"type":"task.created","timestamp":"2026-01-30T12:00:00.000Z","data":{}}'
+    ours = signing.signature(secret, "evt_1", 1674087231, body)
+    theirs = Webhook(secret).sign("evt_1", datetime.fromtimestamp(1674087231, UTC), body.decode())
+    assert ours == theirs
+
+
+# --- where a webhook may go (SSRF) ---------------------------------------------------------------
+
+
+REFUSED_URLS = [
+    ("http://127.0.0.1:9/x", "loopback"),
+    ("http://localhost:9/x", "loopback"),
+    ("http://[::1]:9/", "loopback"),
+    ("http://10.0.0.7/", "private"),
+    ("http://192.168.1.1/", "private"),
+    ("http://172.16.0.1/", "private"),
+    ("http://[fd00::1]/", "private"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://100.100.100.200/", "not a public address"),
+    ("http://0.0.0.0/", "unspecified"),
+    ("http://[::ffff:127.0.0.1]/", "loopback"),
+    ("http://[2002:a00:1::]/", "private"),
+    ("http://224.0.0.1/", "multicast"),
+]
+
+
+async def test_registration_refuses_urls_that_are_not_public(
+    sqlite_url: str, start_service: ServiceFactory
+) -> None:
+    service = await start(start_service, sqlite_url, webhook_allow_private=False)
+    async with api(service) as http:
+        for url, why in REFUSED_URLS:
+            response = await http.post("/api/webhooks", json={"url": url, "events": ["*"]})
+            assert response.status_code == 422, (url, response.text)
+            body = response.json()
+            assert body["code"] == "WEBHOOK_URL_REFUSED", (url, body)
+            assert body["detail"][0]["loc"] == ["body", "url"]
+            assert why in body["detail"][0]["msg"], (url, body)
+            assert "WEBHOOK_ALLOW_PRIVATE" in body["detail"][0]["msg"]
+        for url, code in (
+            ("ftp://example.com/", "WEBHOOK_URL_REFUSED"),
+            ("file:///etc/passwd", "WEBHOOK_URL_REFUSED"),
+            ("http:///nohost", "WEBHOOK_URL_REFUSED"),
+            ("http://example.com:99999/", "WEBHOOK_URL_REFUSED"),
+            ("http://exa mple.com/", "WEBHOOK_URL_REFUSED"),
+            ("http://no-such-host.invalid/", "WEBHOOK_URL_UNRESOLVABLE"),
+        ):
+            response = await http.post("/api/webhooks", json={"url": url, "events": ["*"]})
+            assert response.status_code == 422, (url, response.text)
+            assert response.json()["code"] == code, (url, response.text)
+        assert (await http.get("/api/webhooks")).json()["items"] == []
+        documentation = await http.post(
+            "/api/webhooks", json={"url": "https://192.0.2.1/", "events": ["*"]}
+        )
+        assert documentation.status_code == 422  # TEST-NET-1: not a public address either
+        # A public address is accepted (no event it wants happens here, so nothing is sent).
+        public = await http.post(
+            "/api/webhooks", json={"url": "https://8.8.8.8/x", "events": ["reservation.expired"]}
+        )
+        assert public.status_code == 201, public.text
+        assert (await http.delete(f"/api/webhooks/{public.json()['id']}")).status_code == 204
+
+
+async def test_every_attempt_checks_the_address_again(
+    sqlite_url: str, start_service: ServiceFactory
+) -> None:
+    """An endpoint registered while private addresses were allowed is refused at the attempt
+    once they are not (as a host whose DNS answer changed to a private address would be):
+    the receiver gets nothing and the attempt says why."""
+    async with Receiver() as receiver:
+        first = await start(start_service, sqlite_url)
+        async with api(first) as http:
+            url = f"http://localhost:{receiver.port}/hook"  # a name, resolved per attempt
+            hook = await register(http, url, events=["task.created"])
+            await http.post("/api/tasks", json={"title": "allowed"})
+            arrived = (await receiver.wait_for(lambda rs: len(rs) == 1))[0]
+            assert arrived.headers["host"] == f"localhost:{receiver.port}"  # the URL's host
+        await first.stop()
+
+        second = await start(
+            start_service, sqlite_url, webhook_allow_private=False, migrate_on_start=False
+        )
+        async with api(second) as http:
+            await http.post("/api/tasks", json={"title": "refused"})
+            rows = await eventually(
+                lambda: _rows_where(http, hook["id"], lambda rows: len(rows) >= 2)
+            )
+            assert rows[1]["status_code"] is None and not rows[1]["succeeded"]
+            assert rows[1]["error"].startswith("refused: localhost resolves to")
+            assert "loopback" in rows[1]["error"]
+        await asyncio.sleep(0.5)
+        assert len(receiver.requests) == 1
+
+
+# --- filters and the API's rules -----------------------------------------------------------------
+
+
+async def test_event_and_channel_filters(sqlite_url: str, start_service: ServiceFactory) -> None:
+    service = await start(start_service, sqlite_url)
+    async with Receiver() as receiver, api(service) as http:
+        coder = await register(
+            http, receiver.url, events=["task.completed", "message.*"], channels=["agents/coder"]
+        )
+        sessions = await register(
+            http,
+            receiver.url.replace("/hook", "/sessions"),
+            events=["task.*"],
+            channels=["sessions/*"],
+        )
+        mine = await http.post("/api/tasks", json={"title": "c", "agent_id": "coder"})
+        other = await http.post("/api/tasks", json={"title": "o", "agent_id": "other"})
+        in_session = await http.post("/api/tasks", json={"title": "s", "session_id": "s1"})
+        for task in (mine, other, in_session):
+            await http.patch(f"/api/tasks/{task.json()['id']}", json={"status": "completed"})
+        await http.post(
+            "/api/messages", json={"from_agent": "x", "to_agent": "coder", "content": "hi"}
+        )
+        await http.post(
+            "/api/messages", json={"from_agent": "x", "to_agent": "other", "content": "no"}
+        )
+        await receiver.wait_for(lambda rs: len(rs) >= 4)
+        await asyncio.sleep(0.6)
+        by_path: dict[str, list[tuple[str, str]]] = {}
+        for request in receiver.requests:
+            data = request.json["data"]
+            ident = data.get("task_id") or data.get("content")
+            by_path.setdefault(request.path, []).append((request.json["type"], ident))
+        assert by_path["/hook"] == [("task.completed", mine.json()["id"]), ("message.new", "hi")]
+        assert by_path["/sessions"] == [
+            ("task.created", in_session.json()["id"]),
+            ("task.completed", in_session.json()["id"]),
+        ]
+        assert coder["channels"] == ["agents/coder"] and sessions["events"] == ["task.*"]
+
+        changed = await http.patch(
+            f"/api/webhooks/{coder['id']}", json={"channels": None, "events": ["task.created"]}
+        )
+        assert changed.status_code == 200 and changed.json()["channels"] is None
+        await http.post("/api/tasks", json={"title": "anyone"})
+        await receiver.wait_for(
+            lambda rs: rs[-1].json["type"] == "task.created" and rs[-1].path == "/hook"
+        )
+
+
+async def test_bad_input_is_a_clear_422_and_changes_nothing(
+    sqlite_url: str, start_service: ServiceFactory
+) -> None:
+    service = await start(start_service, sqlite_url, webhook_max_endpoints=2)
+    async with api(service) as http:
+        cases = [
+            ({"url": "http://127.0.0.1/", "events": ["task.nope"]}, "INVALID_EVENT_FILTER"),
+            ({"url": "http://127.0.0.1/", "events": ["Task.*"]}, "INVALID_EVENT_FILTER"),
+            ({"url": "http://127.0.0.1/", "events": ["task.[a]"]}, "INVALID_EVENT_FILTER"),
+            (
+                {"url": "http://127.0.0.1/", "events": ["*"], "channels": ["topics/x"]},
+                "INVALID_CHANNEL_FILTER",
+            ),
+            (
+                {"url": "http://127.0.0.1/", "events": ["*"], "channels": ["agents/"]},
+                "INVALID_CHANNEL_FILTER",
+            ),
+        ]
+        for body, code in cases:
+            response = await http.post("/api/webhooks", json=body)
+            assert response.status_code == 422, (body, response.text)
+            assert response.json()["code"] == code, (body, response.text)
+        for body in (
+            {"url": "http://127.0.0.1/"},
+            {"url": "http://127.0.0.1/", "events": []},
+            {"url": "http://127.0.0.1/", "events": ["*"], "secret": "mine"},
+            {"url": "x" * 3000, "events": ["*"]},
+        ):
+            assert (await http.post("/api/webhooks", json=body)).status_code == 422, body
+        assert (await http.get("/api/webhooks")).json()["items"] == []
+
+        a = await register(http, "http://127.0.0.1:9/a")
+        await register(http, "http://127.0.0.1:9/b")
+        full = await http.post(
+            "/api/webhooks", json={"url": "http://127.0.0.1:9/c", "events": ["*"]}
+        )
+        assert full.status_code == 409 and full.json()["code"] == "TOO_MANY_WEBHOOKS"
+        bad_patch = await http.patch(f"/api/webhooks/{a['id']}", json={"url": "gopher://x"})
+        assert bad_patch.status_code == 422
+        assert (await http.get(f"/api/webhooks/{a['id']}")).json()["url"] == "http://127.0.0.1:9/a"
+        assert (await http.get("/api/webhooks/wh_missing")).status_code == 404
+        assert (await http.delete(f"/api/webhooks/{a['id']}")).status_code == 204
+        assert (await http.get(f"/api/webhooks/{a['id']}")).status_code == 404
+        bad_cursor = await http.get(f"/api/webhooks/{a['id']}/deliveries", params={"cursor": "x"})
+        assert bad_cursor.status_code == 404  # the endpoint is gone first
