@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -88,6 +88,28 @@ def live_secrets(endpoint: Any, now: datetime) -> list[str]:
     if endpoint.previous_secret and expires is not None and expires > now:
         keys.append(endpoint.previous_secret)
     return keys
+
+
+class _Endpoint(NamedTuple):
+    id: str
+    url: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    failing_since: datetime | None
+
+
+class _Delivery(NamedTuple):
+    id: int
+    event_id: str
+    payload: str
+    attempts: int
+    attempt_limit: int | None
+    next_attempt_at: datetime
+
+
+_ENDPOINT_COLUMNS = [getattr(WebhookEndpoint, name) for name in _Endpoint._fields]
+_DELIVERY_COLUMNS = [getattr(WebhookDelivery, name) for name in _Delivery._fields]
 
 
 class Deliverer:
@@ -261,29 +283,26 @@ class Deliverer:
         """Send the first pending delivery if it is due; whether to go on with the next."""
         now = utcnow()
         async with self.engine.connect() as connection:
-            endpoint = (
+            # The endpoint (still ours, still enabled) and its first pending delivery, at once.
+            row = (
                 await connection.execute(
-                    select(WebhookEndpoint).where(
+                    select(*_ENDPOINT_COLUMNS, *_DELIVERY_COLUMNS)
+                    .join(WebhookDelivery, WebhookDelivery.endpoint_id == WebhookEndpoint.id)
+                    .where(
                         WebhookEndpoint.id == endpoint_id,
                         WebhookEndpoint.lease_token == token,
                         WebhookEndpoint.enabled.is_(True),
-                    )
-                )
-            ).first()
-            if endpoint is None:
-                return False  # lease lost, endpoint disabled or deleted
-            delivery = (
-                await connection.execute(
-                    select(WebhookDelivery)
-                    .where(
-                        WebhookDelivery.endpoint_id == endpoint_id,
                         WebhookDelivery.state == WebhookState.PENDING.value,
                     )
                     .order_by(WebhookDelivery.id)
                     .limit(1)
                 )
             ).first()
-        if delivery is None or delivery.next_attempt_at > now:
+        if row is None:
+            return False  # nothing pending, or the lease lost, the endpoint disabled or gone
+        endpoint = _Endpoint(*row[: len(_ENDPOINT_COLUMNS)])
+        delivery = _Delivery(*row[len(_ENDPOINT_COLUMNS) :])
+        if delivery.next_attempt_at > now:
             return False
         payload = delivery.payload.encode()
         headers = signing.headers(
@@ -298,7 +317,7 @@ class Deliverer:
         return True
 
     async def _record(
-        self, endpoint: Any, delivery: Any, token: str, outcome: Outcome
+        self, endpoint: _Endpoint, delivery: _Delivery, token: str, outcome: Outcome
     ) -> str | None:
         """Write the attempt and its consequences; the reason if the endpoint was disabled."""
         now = utcnow()
