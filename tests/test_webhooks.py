@@ -666,3 +666,100 @@ async def test_bad_input_is_a_clear_422_and_changes_nothing(
         assert (await http.get(f"/api/webhooks/{a['id']}")).status_code == 404
         bad_cursor = await http.get(f"/api/webhooks/{a['id']}/deliveries", params={"cursor": "x"})
         assert bad_cursor.status_code == 404  # the endpoint is gone first
+
+
+# --- several nodes at once; TLS to the checked address -----------------------------------------
+
+
+async def test_two_nodes_on_one_database_deliver_each_event_once_in_order(
+    database_url: str, start_service: ServiceFactory
+) -> None:
+    """Both nodes fan out and deliver at the same time (events written on both): the cursor
+    and the endpoint lease let one of them do each step, so every event arrives once."""
+    one = await start(start_service, database_url)
+    two = await start(start_service, database_url, migrate_on_start=False)
+    async with Receiver() as receiver, api(one) as first, api(two) as second:
+        hook = await register(first, receiver.url, events=["task.created"])
+        titles = [f"t{i:02d}" for i in range(40)]
+        for i, title in enumerate(titles):
+            await (first if i % 2 else second).post("/api/tasks", json={"title": title})
+        await receiver.wait_for(lambda rs: len({r.webhook_id for r in rs}) == 40)
+        await asyncio.sleep(0.6)
+        got = [r.json["data"]["title"] for r in receiver.requests]
+        assert got == titles, got
+        rows = await attempts(first, hook["id"])
+        assert len(rows) == 40 and all(row["attempt"] == 1 for row in rows)
+        assert len({row["node_id"] for row in rows}) >= 1
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `name` (and its key), as PEM files."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_https_goes_to_the_checked_address_with_the_urls_name(tmp_path: Path) -> None:
+    """`https://localhost:…`: the connection goes to the address the guard resolved, the TLS
+    handshake names `localhost` (SNI) and the certificate is checked against that name; a
+    certificate for another name is refused."""
+    import ssl
+
+    from app.webhooks.addresses import AddressGuard
+    from app.webhooks.sender import Sender
+
+    cert, key = _certificate(tmp_path, "localhost")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_tls.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,misc,return-value]
+    trust = ssl.create_default_context(cafile=str(cert))
+    sender = Sender(AddressGuard(allow_private=True), timeout=5, ssl_context=trust)
+    try:
+        async with Receiver(tls=server_tls) as receiver:
+            url = f"https://localhost:{receiver.port}/hook"
+            outcome = await sender.post(url, {"webhook-id": "evt_1"}, b"{}")
+            assert outcome.succeeded, outcome
+            assert names == ["localhost"]
+            assert receiver.requests[0].headers["host"] == f"localhost:{receiver.port}"
+
+            other_cert, other_key = _certificate(tmp_path, "other.example")
+            wrong = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            wrong.load_cert_chain(other_cert, other_key)
+            async with Receiver(tls=wrong) as impostor:
+                url = f"https://localhost:{impostor.port}/hook"
+                refused = await sender.post(url, {"webhook-id": "evt_2"}, b"{}")
+                assert not refused.succeeded and refused.status_code is None
+                assert "CERTIFICATE_VERIFY_FAILED" in (refused.error or ""), refused
+                assert impostor.requests == []
+    finally:
+        await sender.close()

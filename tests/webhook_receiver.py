@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,9 +59,15 @@ REASONS = {200: "OK", 204: "No Content", 302: "Found", 410: "Gone", 429: "Too Ma
 
 
 class Receiver:
-    def __init__(self, plan: Plan | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan | None = None,
+        port: int | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.plan: Plan = plan or (lambda _r: Answer())
         self.port = port or free_port()
+        self.tls = tls
         self.requests: list[Received] = []
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -69,10 +76,10 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
 
     async def start(self) -> Receiver:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.tls)
         return self
 
     async def stop(self) -> None:
@@ -140,7 +147,7 @@ class Receiver:
                 head += [f"{name}: {value}" for name, value in extra.items()]
                 writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + answer.body)
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
         finally:
             self._connections.discard(writer)

@@ -40,12 +40,12 @@ class UrlRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where one attempt connects: the URL's host and port, and the address checked."""
+    """Where one attempt connects: the URL's host and port, and the addresses checked."""
 
     scheme: str
     host: str  # as in the URL (a name, or an IP without brackets)
     port: int
-    address: str  # the resolved IP the connection goes to
+    addresses: tuple[str, ...]  # the resolved IPs, in the resolver's order of preference
 
 
 def why_refused(address: IPAddress) -> str | None:
@@ -125,7 +125,7 @@ class AddressGuard:
                 if literal:
                     raise UrlRefused(f"{host} is {kind}: {ADVICE}")
                 raise UrlRefused(f"{host} resolves to {address}, {kind}: {ADVICE}")
-        return Target(parts.scheme, host, port, str(addresses[0]))
+        return Target(parts.scheme, host, port, tuple(str(a) for a in addresses))
 
     async def _resolve(self, host: str, port: int) -> list[IPAddress]:
         try:

@@ -4,6 +4,7 @@
     POST http(s)://<that address>:<port>/path   Host: <the URL's host>, TLS SNI and
                                                 certificate check for the URL's host
     read at most the first 1 KiB of the answer, no redirect followed, WEBHOOK_TIMEOUT for all
+    (a name with several addresses: each checked one in turn until a connection is made)
 
 Connecting to the address that was checked (rather than letting the HTTP client resolve the
 name again) is what makes the check hold: a DNS answer changed in between cannot move the
@@ -147,17 +148,25 @@ class Sender:
             "Accept-Encoding": "identity",
         }
         extensions: dict[str, str] = {}
-        if target.scheme == "https" and target.host != target.address:
+        if target.scheme == "https" and target.host not in target.addresses:
             extensions["sni_hostname"] = target.host
         client = await self._client((target.scheme, target.host, target.port))
-        request = client.build_request(
-            "POST",
-            parsed.copy_with(host=target.address),
-            headers=request_headers,
-            content=body,
-            extensions=extensions,
-        )
-        response = await client.send(request, stream=True)
+        # The checked addresses in turn (a name with an unreachable IPv6 address and a
+        # reachable IPv4 one still gets its webhooks); never one that was not checked.
+        for index, address in enumerate(target.addresses):
+            request = client.build_request(
+                "POST",
+                parsed.copy_with(host=address),
+                headers=request_headers,
+                content=body,
+                extensions=extensions,
+            )
+            try:
+                response = await client.send(request, stream=True)
+                break
+            except httpx.ConnectError:
+                if index == len(target.addresses) - 1:
+                    raise
         try:
             head = b""
             async for chunk in response.aiter_bytes():
