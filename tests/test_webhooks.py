@@ -20,6 +20,7 @@ from standardwebhooks import WebhookVerificationError
 from app.server import Service
 from tests.conftest import ClientFactory, ServiceFactory
 from tests.databases import BACKENDS, api, data_settings, fresh_database
+from tests.test_bridge import execute_raw
 from tests.webhook_receiver import Answer, Received, Receiver
 
 FAST = {
@@ -92,6 +93,12 @@ async def test_every_event_is_delivered_signed_and_once(
         agent = await ws_client(service, agent_id="coder")
         await agent.close()
         assert (await http.post(f"/api/webhooks/{hook['id']}/test")).status_code == 202
+        # An outside writer (psql, a script): the agent-work issue's reservations.
+        await execute_raw(
+            database_url,
+            "INSERT INTO reservations (id, agent_id, paths, expires_at) "
+            "VALUES ('r1', 'coder', '[\"src/\"]', '2099-01-01 00:00:00')",
+        )
 
         wanted = {
             "task.created",
@@ -102,6 +109,7 @@ async def test_every_event_is_delivered_signed_and_once(
             "agent.connected",
             "agent.disconnected",
             "webhook.test",
+            "reservation.created",
         }
         await receiver.wait_for(lambda rs: wanted <= set(types(rs)))
         await asyncio.sleep(0.5)  # nothing more, nothing twice
@@ -119,7 +127,9 @@ async def test_every_event_is_delivered_signed_and_once(
                 request.verify("whsec_" + "A" * 43 + "=")
         # Outbox events carry the id WebSocket clients see, in outbox order.
         outbox = [
-            r for r in requests if r.json["type"].split(".")[0] in ("task", "subtask", "message")
+            r
+            for r in requests
+            if r.json["type"].split(".")[0] in ("task", "subtask", "message", "reservation")
         ]
         numbers = [int(r.webhook_id.removeprefix("evt_")) for r in outbox]
         assert numbers == sorted(numbers)
