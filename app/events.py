@@ -74,8 +74,19 @@ AGENTS = ServerEvents(
     "agents", ("agent.connected", "agent.disconnected", "agent.heartbeat"), family="agent"
 )
 METRICS = ServerEvents("metrics", ("metric.update",), family="metric")
+# Webhooks (app/webhooks/): an endpoint disabled (published on `global`); the test event
+# (sent to an endpoint only, never published).
+WEBHOOKS = ServerEvents("webhooks", ("webhook.disabled", "webhook.test"), family="webhook")
 
-DECLARED: tuple[ServerEvents, ...] = (TASKS, SUBTASKS, MESSAGES, RESERVATIONS, AGENTS, METRICS)
+DECLARED: tuple[ServerEvents, ...] = (
+    TASKS,
+    SUBTASKS,
+    MESSAGES,
+    RESERVATIONS,
+    AGENTS,
+    METRICS,
+    WEBHOOKS,
+)
 
 RESERVED_PREFIXES = tuple(f"{d.family}." for d in DECLARED if d.reserved and d.family)
 RESERVED_NAMES = frozenset(name for d in DECLARED if d.reserved for name in d.names)

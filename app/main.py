@@ -41,6 +41,7 @@ from app.api.routes import (
     sessions,
     subtasks,
     tasks,
+    webhooks,
 )
 from app.core.config import Settings
 from app.dashboard import DashboardSurface
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events,
         metrics,
         channels,
+        webhooks,
     )
     for module in routers:
         app.include_router(module.router, dependencies=[Depends(require_identity)])

@@ -2,11 +2,12 @@
 
     build: engine → sessionmaker → agent recorder → broker, cluster
            → ConnectionManager(hooks=DatabaseHooks)  → bridge (woken by the sessionmaker's
-           commits, app/db/engine.on_commit) → sweepers → metrics
+           commits, app/db/engine.on_commit) → webhooks (woken likewise) → sweepers → metrics
     start: migrations (MIGRATE_ON_START) → manager (broker, cluster) → agent recorder → bridge
-           → TTL sweeper → lease and reservation expiry → metrics
-    stop:  clients drained (1012) → metrics → expiry → sweeper → bridge → agent recorder (its
-           final flush writes the drain's disconnects) → manager → engine
+           → webhooks → TTL sweeper → lease and reservation expiry → metrics
+    stop:  clients drained (1012) → metrics → expiry → sweeper → webhooks (writes the drain's
+           agent.disconnected deliveries) → bridge → agent recorder (its final flush writes
+           the drain's disconnects) → manager → engine
 
 `app.main.lifespan` runs one `Runtime` for every surface of the process. The realtime core
 gets what it needs from storage through `DatabaseHooks`, given at construction; the front
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,18 +39,26 @@ from app.realtime.manager import ConnectionManager
 from app.realtime.permissions import Principal
 from app.realtime.protocol import ErrorCode, ProtocolError
 from app.sweeper import ExpirySweeper, MessageSweeper
+from app.webhooks.service import Webhooks
 
 logger = logging.getLogger("context_manager.runtime")
+
+PresenceListener = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
 class DatabaseHooks:
     """The ConnectionManager's `StorageHooks`: the WebSocket's way into the domain layer."""
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], agents: AgentRecorder
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        agents: AgentRecorder,
+        presence_listeners: list[PresenceListener] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._agents = agents
+        # Others that hear of presence (webhooks): filled in once they are built.
+        self.presence_listeners: list[PresenceListener] = presence_listeners or []
 
     async def store_direct_message(
         self, connection: Connection, to_agent: str, data: Any
@@ -62,6 +72,8 @@ class DatabaseHooks:
 
     async def presence_changed(self, event: str, agent_id: str, data: dict[str, Any]) -> None:
         await self._agents.on_presence(event, agent_id, data)
+        for listener in self.presence_listeners:
+            await listener(event, agent_id, data)
 
 
 class Runtime:
@@ -73,15 +85,19 @@ class Runtime:
         self.engine = create_engine(settings.database_url)
         self.sessionmaker = create_sessionmaker(self.engine)
         self.agents = AgentRecorder(self.sessionmaker, settings.agent_flush_interval)
+        hooks = DatabaseHooks(self.sessionmaker, self.agents)
         self.manager = ConnectionManager(
             settings,
             create_broker(settings, self.node_id),
             self.node_id,
             cluster=create_cluster(settings, self.node_id),
-            hooks=DatabaseHooks(self.sessionmaker, self.agents),
+            hooks=hooks,
         )
         self.bridge = Bridge(settings, self.engine, self.manager)
         on_commit(self.sessionmaker, self.bridge.wake)
+        self.webhooks = Webhooks(settings, self.engine, self.manager)
+        on_commit(self.sessionmaker, self.webhooks.wake)
+        hooks.presence_listeners.append(self.webhooks.on_presence)
         self.sweeper = MessageSweeper(
             self.engine,
             settings.message_sweep_interval,
@@ -108,7 +124,14 @@ class Runtime:
             await migrate(self.engine)
         await self.manager.start()
         self._started.append(self.manager)
-        for part in (self.agents, self.bridge, self.sweeper, self.expiry, self.metrics):
+        for part in (
+            self.agents,
+            self.bridge,
+            self.webhooks,
+            self.sweeper,
+            self.expiry,
+            self.metrics,
+        ):
             await part.start()
             self._started.append(part)
 

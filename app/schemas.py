@@ -600,3 +600,115 @@ class MetricsSnapshot(BaseModel):
     unread_messages: int
     events_per_second: float = Field(description="Outbox events per second, last minute.")
     timestamp: str
+
+
+# --- webhooks (app/domain/webhooks.py, docs/webhooks.md) -------------------------------------
+
+WebhookUrl = Annotated[Text, StringConstraints(min_length=1, max_length=2048)]
+# The patterns' grammar is checked by the domain layer (app/webhooks/filters.py), which says
+# which pattern is wrong and why.
+EventGlobs = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+    Field(min_length=1, max_length=50),
+]
+ChannelGlobs = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=160)]],
+    Field(min_length=1, max_length=50),
+]
+Description = Annotated[Text, StringConstraints(max_length=500)]
+
+
+class WebhookCreate(Input):
+    url: WebhookUrl = Field(description="http(s) URL; its host must resolve to public addresses.")
+    events: EventGlobs = Field(
+        description="Event types or globs: `task.*`, `message.new`, `agent.disconnected`, `*`."
+    )
+    channels: ChannelGlobs | None = Field(
+        None,
+        description="Only events on these channels (globs: `agents/x`, `sessions/*`, "
+        "`global`); omitted: every channel.",
+    )
+    description: Description | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://example.com/hooks/cm",
+                    "events": ["task.*", "message.new", "agent.disconnected"],
+                    "channels": ["sessions/*"],
+                    "description": "orchestrator",
+                }
+            ]
+        }
+    )
+
+
+class WebhookUpdate(Input):
+    url: WebhookUrl | None = None
+    events: EventGlobs | None = None
+    channels: ChannelGlobs | None = Field(None, description="null: every channel again.")
+    description: Description | None = None
+    enabled: bool | None = Field(
+        None, description="false stops deliveries (they wait); true resumes them."
+    )
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"enabled": True}]})
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    description: str | None
+    events: list[str]
+    channels: list[str] | None
+    enabled: bool
+    disabled_reason: str | None = Field(description="Why it was disabled (410, failing).")
+    disabled_at: Timestamp | None
+    failing_since: Timestamp | None = Field(description="First failure since the last 2xx.")
+    previous_secret_expires_at: Timestamp | None = Field(
+        description="Until then the rotated-out secret signs beside the new one."
+    )
+    pending_deliveries: int
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="`whsec_…`: shown this once; it signs every delivery.")
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="The new `whsec_…` secret: shown this once.")
+    previous_secret_expires_at: Timestamp = Field(
+        description="The old secret signs beside it until then."
+    )
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One event owed to one endpoint."""
+
+    id: str = Field(examples=["dlv_42"])
+    event_id: str = Field(description="The `webhook-id` header: the same on every attempt.")
+    event_type: str
+    state: str = Field(description="pending, succeeded or failed (given up).")
+    attempts: int
+    next_attempt_at: Timestamp | None = Field(description="While pending.")
+    created_at: Timestamp
+
+
+class WebhookAttemptOut(BaseModel):
+    """One POST of a delivery."""
+
+    delivery_id: str
+    event_id: str
+    event_type: str
+    attempt: int = Field(description="1 for the first attempt of its delivery.")
+    attempted_at: Timestamp
+    succeeded: bool
+    status_code: int | None = Field(description="null: no answer (refused, timeout, …).")
+    latency_ms: float
+    response: str | None = Field(description="The first 1 KiB of the answer.")
+    error: str | None
+    node_id: str | None
+    delivery_state: str = Field(description="The delivery's state now.")

@@ -9,13 +9,14 @@ On PostgreSQL the sweep also takes a transaction-scoped advisory lock and skips 
 another process holds it, so the processes do not queue behind each other's row locks.
 
 Outbox retention: every PRUNE_INTERVAL seconds, rows of `events` older than EVENTS_RETENTION
-that every bridge has already published (id at or below the lowest `bridge_cursor.last_id`)
-are deleted, PRUNE_BATCH rows per transaction, under an advisory lock of their own on
-PostgreSQL (one process prunes at a time; the others skip). A cursor not updated for longer
-than the retention belongs to a bridge gone for that long (a bridge that keeps up moves its
-cursor within a poll of every new event; one that is idle has nothing newer to hold back), so
-it does not hold rows past the retention. Ids are never reused after a delete (a PostgreSQL
-sequence; AUTOINCREMENT on SQLite), so a bridge reading `id > last_id` is unaffected.
+that every bridge has already published and the webhook fan-out has read (id at or below the
+lowest `bridge_cursor.last_id` and `webhook_cursor.last_id`) are deleted, PRUNE_BATCH rows per
+transaction, under an advisory lock of their own on PostgreSQL (one process prunes at a time;
+the others skip). A cursor not updated for longer than the retention belongs to a reader gone
+for that long (a reader that keeps up moves its cursor within a poll of every new event; one
+that is idle has nothing newer to hold back), so it does not hold rows past the retention. Ids
+are never reused after a delete (a PostgreSQL sequence; AUTOINCREMENT on SQLite), so a reader
+of `id > last_id` is unaffected.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.tasks import cancel_and_wait
-from app.db.models import IDEMPOTENCY_TTL, BridgeCursor, Event, IdempotencyKey, Message
+from app.db.models import (
+    IDEMPOTENCY_TTL,
+    BridgeCursor,
+    Event,
+    IdempotencyKey,
+    Message,
+    WebhookCursor,
+)
 from app.db.types import utcnow
 from app.domain import claims, reservations
 
@@ -155,12 +163,15 @@ class MessageSweeper:
         async with self.engine.begin() as connection:
             if not await _try_lock(connection, PRUNE_LOCK):
                 return 0  # another process is pruning
-            behind = await connection.scalar(
-                select(func.min(BridgeCursor.last_id)).where(BridgeCursor.updated_at >= cutoff)
-            )
+            # Every reader of the outbox holds back what it has not read: the bridges and the
+            # webhook fan-out (a cursor idle past the retention belongs to a reader gone).
             doomed = select(Event.id).where(Event.created_at < cutoff)
-            if behind is not None:
-                doomed = doomed.where(Event.id <= behind)
+            for cursor in (BridgeCursor, WebhookCursor):
+                behind = await connection.scalar(
+                    select(func.min(cursor.last_id)).where(cursor.updated_at >= cutoff)
+                )
+                if behind is not None:
+                    doomed = doomed.where(Event.id <= behind)
             result = await connection.execute(
                 delete(Event).where(
                     Event.id.in_(

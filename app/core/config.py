@@ -194,6 +194,39 @@ class Settings(BaseSettings):
         2.0, gt=0, description="Seconds between batched writes of agents' last_seen."
     )
 
+    # --- webhooks (docs/webhooks.md) --------------------------------------------------------
+    webhook_retry_schedule: str = Field(
+        "5,300,1800,7200,18000,36000,36000",
+        description="Seconds between a failed webhook attempt and the next (comma-separated, "
+        "each ±10 % jitter); after the last, the delivery is given up.",
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds one webhook attempt may take, all told."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs on loopback, private, link-local and metadata "
+        "addresses (tests, a receiver on this host).",
+    )
+    webhook_disable_after: float = Field(
+        5 * 86400, gt=0, description="An endpoint failing for this many seconds is disabled."
+    )
+    webhook_secret_overlap: float = Field(
+        86400, ge=0, description="Seconds a rotated-out webhook secret keeps signing."
+    )
+    webhook_poll_interval: float = Field(
+        1.0, gt=0, description="Webhook loops look for work at least this often (other nodes)."
+    )
+    webhook_concurrency: int = Field(
+        16, gt=0, le=1000, description="Endpoints one node delivers to at the same time."
+    )
+    webhook_max_endpoints: int = Field(100, gt=0, description="Webhook endpoints at most.")
+    webhook_retention: float = Field(
+        7 * 86400,
+        gt=0,
+        description="Seconds finished webhook deliveries (and their attempts) are kept.",
+    )
+
     # --- dashboard (what its pages connect to; by default this host's ports) ----------------
     dashboard_ws_url: str | None = Field(
         None, description="WebSocket URL for the dashboard (behind a proxy); default WS_PORT."
@@ -256,6 +289,13 @@ class Settings(BaseSettings):
                 return replacement + value[len(prefix) :]
         return value
 
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_retry_schedule(cls, value: str) -> str:
+        """Comma-separated non-negative seconds (an empty string: no retries)."""
+        parse_retry_schedule(value)
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -286,10 +326,27 @@ class Settings(BaseSettings):
             return False
 
     @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """WEBHOOK_RETRY_SCHEDULE as numbers: the delay before retry 1, 2, …"""
+        return parse_retry_schedule(self.webhook_retry_schedule)
+
+    @property
     def broker_kind(self) -> Literal["memory", "redis", "postgres"]:
         if self.broker != "auto":
             return self.broker
         return "redis" if self.redis_url else "memory"
+
+
+def parse_retry_schedule(value: str) -> tuple[float, ...]:
+    """'5,300,1800' → (5.0, 300.0, 1800.0); at most 50 finite, non-negative delays."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    try:
+        delays = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"not a comma-separated list of seconds: {value!r}") from None
+    if len(delays) > 50 or not all(0 <= delay <= 7 * 86400 for delay in delays):
+        raise ValueError("at most 50 delays, each between 0 and 604800 seconds")
+    return delays
 
 
 def settings_table() -> str:

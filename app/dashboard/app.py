@@ -5,6 +5,7 @@ Routes::
     /                 → 307 to /dashboard
     /dashboard        KPI cards, chart, agents, tasks          (static/dashboard.html)
     /live             the real-time event stream               (static/live.html)
+    /webhooks         endpoints, last deliveries, retry        (static/webhooks.html)
     /config.js        `export default {...}`: where the WebSocket server and the API are
     /config.json      the same object as JSON (for other tools)
     /static/…         CSS, JS modules (client.js, react-hooks.js), icons
@@ -126,6 +127,7 @@ class DashboardSurface:
                 Route("/", index),
                 Route("/dashboard", page("dashboard.html")),
                 Route("/live", page("live.html")),
+                Route("/webhooks", page("webhooks.html")),
                 Route("/config.js", config_js),
                 Route("/config.json", config_json),
                 Route("/health", health),

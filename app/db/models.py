@@ -23,6 +23,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -378,6 +379,132 @@ class BridgeCursor(Base):
     """
 
     __tablename__ = "bridge_cursor"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = _stamped()
+
+
+# --- webhooks (migration 0005, app/webhooks/, docs/webhooks.md) ----------------------------------
+
+
+class WebhookState(enum.StrEnum):
+    """A delivery's state: pending until an attempt succeeds or the schedule is used up."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class WebhookEndpoint(Base):
+    """A URL that gets a signed POST for every event its filter matches (app/domain/webhooks.py).
+
+    `start_after` is the outbox id at registration: the endpoint gets the events after it. The
+    lease columns say which node is delivering to it now (one attempt at a time per endpoint,
+    so its events arrive in order); `lease_token` fences a node whose lease ran out.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    events: Mapped[Any] = mapped_column(JSONValue)
+    channels: Mapped[Any] = mapped_column(JSONValue, nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Both secrets sign while `previous_secret_expires_at` is in the future (a rotation).
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    start_after: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # The first failure since the last success: an endpoint failing for too long is disabled.
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = _stamped()
+    updated_at: Mapped[datetime] = _stamped()
+
+    __table_args__ = (Index("ix_webhook_endpoints_created_at", "created_at", "id"),)
+
+
+class WebhookDelivery(Base):
+    """One event owed to one endpoint: the exact body, and where its retries stand.
+
+    The outbox of deliveries: written in the transaction that moves the dispatcher's cursor
+    (or records a presence event), taken by whichever node leases the endpoint; per endpoint
+    the lowest pending id goes first.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    endpoint_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(
+        String(16), default=WebhookState.PENDING.value, server_default=text("'pending'")
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # A manual retry allows exactly one more attempt; NULL: the retry schedule decides.
+    attempt_limit: Mapped[int | None] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = _stamped()
+    created_at: Mapped[datetime] = _stamped()
+    updated_at: Mapped[datetime] = _stamped()
+
+    __table_args__ = (
+        CheckConstraint(_in("state", WebhookState), name="state"),
+        # The queue: an endpoint's pending deliveries, lowest id first.
+        Index("ix_webhook_deliveries_queue", "endpoint_id", "state", "id"),
+        # Retention: finished deliveries by age.
+        Index("ix_webhook_deliveries_finished", "state", "updated_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery: when, by which node, what came back (the first 1 KiB)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+    )
+    endpoint_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = _stamped()
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    response: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    node_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+
+    __table_args__ = (
+        Index("ix_webhook_attempts_endpoint_id", "endpoint_id", "id"),
+        Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class WebhookCursor(Base):
+    """How far the webhook dispatcher has fanned the outbox out into deliveries (one row,
+    ``outbox``; written in the same transaction as the deliveries, so none is lost or doubled).
+    """
+
+    __tablename__ = "webhook_cursor"
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     last_id: Mapped[int] = mapped_column(BigInteger)

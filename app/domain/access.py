@@ -16,6 +16,7 @@ WebSocket `Connection`). Rules go by role:
 | register, heartbeat an agent | any | — | itself |
 | record an action | as anyone | — | as itself |
 | publish (`POST /api/events`) | anything, system events too | — | the WebSocket rules |
+| webhooks: endpoints, secrets, deliveries (read or write) | all | — | — |
 
 "As itself": a field naming the writer (`from_agent`, `agent_id` of an action, the id of a
 registration) may be left out and is then the actor's own; any other value is `Forbidden`.
@@ -33,6 +34,12 @@ def require_writer(actor: Principal) -> None:
     """Refuse the read-only dashboard role any write."""
     if actor.role is Role.DASHBOARD:
         raise Forbidden("The dashboard role is read-only")
+
+
+def require_admin(actor: Principal, what: str) -> None:
+    """Only an admin (open-mode REST callers are one): webhooks carry secrets and payloads."""
+    if actor.role is not Role.ADMIN:
+        raise Forbidden(f"Only an admin may {what}")
 
 
 def acting_agent(actor: Principal, claimed: str | None, field: str) -> str:
