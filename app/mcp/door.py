@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import orjson
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context as ToolContext
+from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -165,21 +166,55 @@ class Door:
             return failed("INTERNAL", "The service could not complete this call; retry it.")
 
 
-async def coded_tool_errors(
-    ctx: ServerRequestContext[Any, Any], call_next: CallNext
-) -> HandlerResult:
-    """ServerMiddleware: the SDK's own tool errors (arguments that fail a tool's schema, an
-    unknown tool) in our shape, `{"error": {"code": "INVALID" | "UNKNOWN_TOOL", …}}`."""
-    result = await call_next(ctx)
-    if ctx.method != "tools/call" or not isinstance(result, dict) or not result.get("isError"):
-        return result
-    structured = result.get("structuredContent")
-    if isinstance(structured, dict) and "error" in structured:
-        return result  # one of ours
-    texts = [
-        block.get("text", "") for block in result.get("content") or () if isinstance(block, dict)
-    ]
-    message = " ".join(text for text in texts if text) or "The tool call was refused"
-    code = "UNKNOWN_TOOL" if message.startswith("Unknown tool") else "INVALID"
-    shaped = failed(code, message).model_dump(by_alias=True, mode="json", exclude_none=True)
-    return {**result, **shaped}
+class ToolErrors:
+    """ServerMiddleware: tool calls the SDK refuses itself, in our shape. Arguments a tool
+    does not take are refused (INVALID) as the REST API refuses unknown fields, rather than
+    ignored; the SDK's own refusals (a value that fails the tool's schema, an unknown tool)
+    become `{"error": {"code": "INVALID" | "UNKNOWN_TOOL", …}}`."""
+
+    def __init__(self, server: MCPServer[Any]) -> None:
+        self._server = server
+        self._takes: dict[str, frozenset[str]] | None = None
+
+    async def _arguments_of(self, tool: object) -> frozenset[str] | None:
+        if self._takes is None:
+            self._takes = {
+                listed.name: frozenset(listed.input_schema.get("properties", {}))
+                for listed in await self._server.list_tools()
+            }
+        return self._takes.get(tool) if isinstance(tool, str) else None
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        params = ctx.params or {}
+        arguments = params.get("arguments")
+        takes = await self._arguments_of(params.get("name"))
+        if takes is not None and isinstance(arguments, dict):
+            unknown = sorted(set(arguments) - takes)
+            if unknown:
+                problems = [
+                    {"field": name, "problem": "not an argument of this tool"} for name in unknown
+                ]
+                message = (
+                    f"Unknown argument(s) {', '.join(unknown)}; {params['name']} takes "
+                    f"{', '.join(sorted(takes)) or 'none'} (who you are comes from your connection)"
+                )
+                return _wire(failed("INVALID", message, {"problems": problems}))
+        result = await call_next(ctx)
+        if not isinstance(result, dict) or not result.get("isError"):
+            return result
+        structured = result.get("structuredContent")
+        if isinstance(structured, dict) and "error" in structured:
+            return result  # one of ours
+        blocks = result.get("content") or ()
+        texts = [block.get("text", "") for block in blocks if isinstance(block, dict)]
+        message = " ".join(text for text in texts if text) or "The tool call was refused"
+        code = "UNKNOWN_TOOL" if message.startswith("Unknown tool") else "INVALID"
+        return {**result, **_wire(failed(code, message))}
+
+
+def _wire(result: CallToolResult) -> dict[str, Any]:
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)

@@ -18,6 +18,7 @@ when set, is the list of browser Origins let through.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import __version__
 from app.core.config import Settings
 from app.core.security import TokenCodec
-from app.mcp.door import Door, coded_tool_errors
+from app.mcp.door import Door, ToolErrors
 from app.mcp.identity import JwtVerifier
 from app.mcp.resources import Feeds, register_resources
 from app.mcp.tools import register_tools
@@ -108,16 +109,21 @@ class McpSurface:
             instructions=INSTRUCTIONS,
             version=__version__,
             subscriptions=self.bus,
-            middleware=[coded_tool_errors, self.feeds],
+            middleware=[self.feeds],
             **auth,
         )
         register_tools(self.server, self.door)
         register_resources(self.server, self.door)
+        self.server.middleware.append(ToolErrors(self.server))
         self._app: ASGIApp | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Serve: the SDK's session manager runs for as long as this is entered."""
+        """Serve: the SDK's session manager runs for as long as this is entered.
+
+        The manager's task group lives in a task of its own: anyio wants a cancel scope left
+        in the task that entered it, and a lifespan may be entered and left by two tasks.
+        """
         app = self.server.streamable_http_app(
             streamable_http_path=MCP_PATH,
             stateless_http=True,
@@ -125,13 +131,27 @@ class McpSurface:
             transport_security=transport_security(self.settings),
             max_request_body_size=self.settings.max_request_bytes,
         )
-        async with self.server.session_manager.run():
-            self._app = app
-            try:
-                yield
-            finally:
-                self._app = None
-                await self.feeds.close()
+        started, stopping = asyncio.Event(), asyncio.Event()
+
+        async def manage() -> None:
+            async with self.server.session_manager.run():
+                started.set()
+                await stopping.wait()
+
+        manager = asyncio.create_task(manage(), name="mcp-session-manager")
+        ready = asyncio.create_task(started.wait())
+        await asyncio.wait({manager, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if manager.done():
+            manager.result()  # it failed to start: raise why
+        self._app = app
+        try:
+            yield
+        finally:
+            self._app = None
+            stopping.set()
+            await manager
+            await self.feeds.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._app is None or scope["type"] != "http":
