@@ -89,8 +89,17 @@ class Remote:
     def __init__(self, url: str, token: str | None, agent_id: str | None) -> None:
         self.url = endpoint(url, agent_id)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # The SDK's client keeps no HTTP status of a refused request: remember a 401 here.
+        self.unauthorized = False
         # Reads may wait: a tool waits up to 50 s, a listen stream for as long as it lasts.
-        self.http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None))
+        self.http = httpx2.AsyncClient(
+            headers=headers,
+            timeout=httpx2.Timeout(30, read=None),
+            event_hooks={"response": [self._saw]},
+        )
+
+    async def _saw(self, response: httpx2.Response) -> None:
+        self.unauthorized = response.status_code == 401
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -177,6 +186,12 @@ class Relay:
         try:
             return await self.remote.request(call)
         except Unavailable as exc:
+            if self.remote.unauthorized:
+                return failed(
+                    "UNAUTHORIZED",
+                    "The service refused CONTEXT_MANAGER_TOKEN (401: missing, invalid or "
+                    "expired); mint one with `context-manager token create --agent <id>`.",
+                )
             return failed(
                 "UNAVAILABLE",
                 f"context-manager at {self.remote.url.split('?')[0]} could not be reached "
