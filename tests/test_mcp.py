@@ -312,3 +312,11 @@ async def test_hosts_and_origins_follow_host_and_allowed_origins(
             "/mcp?agent_id=a", json=request, headers={**headers, "Origin": "https://board.example"}
         )
         assert allowed.status_code == 200
+
+
+async def test_legacy_clients_with_a_token(start_service: ServiceFactory) -> None:
+    service = await start_service(auth_mode="token", secret_key=SECRET)
+    async with http_client(base(service), token=token(service, "legacy-a"), mode="legacy") as a:
+        assert (await call(a, "register_agent"))["agent"]["id"] == "legacy-a"
+        sent = await call(a, "send_message", to_agent="legacy-b", content="x")
+        assert sent["message"]["from_agent"] == "legacy-a"
