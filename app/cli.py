@@ -117,7 +117,7 @@ AGENT_COMMANDS = ("mcp", "inbox")
 
 def _add_agent_commands(commands: Any) -> None:
     """`mcp` and `inbox`: environment CONTEXT_MANAGER_URL, _TOKEN, _AGENT_ID (docs/agents.md)."""
-    from app.mcp.stdio import DEFAULT_URL
+    from app.mcp.hook import DEFAULT_URL
 
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -155,7 +155,7 @@ def _add_agent_commands(commands: Any) -> None:
 def _agent_target(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     import os
 
-    from app.mcp.stdio import DEFAULT_URL
+    from app.mcp.hook import DEFAULT_URL
 
     url = args.url or os.environ.get("CONTEXT_MANAGER_URL") or DEFAULT_URL
     token = args.token or os.environ.get("CONTEXT_MANAGER_TOKEN") or None

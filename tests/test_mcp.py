@@ -113,9 +113,10 @@ async def test_a_token_acts_only_as_its_agent(start_service: ServiceFactory) -> 
         with pytest.raises(MCPError) as denied:
             await b.read_resource("context-manager://agents/agent-a/inbox")
         assert denied.value.error.data["code"] == "FORBIDDEN"
-        with pytest.raises(MCPError):
+        with pytest.raises(MCPError) as refused_listen:
             async with b.listen(resource_subscriptions=["context-manager://agents/agent-a/inbox"]):
                 pass
+        assert refused_listen.value.error.data == {"code": "FORBIDDEN"}
 
         # A dashboard token reads but writes nothing.
         async with http_client(base(service), token=token(service, "dash", Role.DASHBOARD)) as d:

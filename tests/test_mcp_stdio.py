@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
 
 from app.core.security import TokenCodec
 from app.server import Service
@@ -68,6 +70,10 @@ async def test_stdio_with_a_token_acts_as_the_token(start_service: ServiceFactor
         sent = await call(b, "send_message", to_agent="agent-a", content="hello")
         assert sent["message"]["from_agent"] == "agent-b"
         assert (await call(a, "fetch_inbox"))["messages"][0]["content"] == "hello"
+        with pytest.raises(MCPError) as refused_listen:
+            async with b.listen(resource_subscriptions=["context-manager://agents/agent-a/inbox"]):
+                pass
+        assert refused_listen.value.error.data == {"code": "FORBIDDEN"}
     async with stdio_client(api(service), CONTEXT_MANAGER_TOKEN="not-a-token") as bad:
         assert (await refused(bad, "list_tasks"))["code"] == "UNAUTHORIZED"
 
@@ -109,12 +115,13 @@ async def test_stdio_relays_progress_and_resource_updates(service: Service) -> N
 
             collector = asyncio.create_task(collect())
             try:
-                for _ in range(100):  # the relay's own listen to the service is live shortly
-                    await call(writer, "send_message", to_agent="listener", content="ping")
-                    await asyncio.sleep(0.1)
+                # Acknowledged once the relay's own listen to the service is live.
+                await call(writer, "send_message", to_agent="listener", content="ping")
+                for _ in range(100):
                     if seen:
                         break
-                assert seen and seen[0] == uri
+                    await asyncio.sleep(0.05)
+                assert seen == [uri]
             finally:
                 collector.cancel()
         read = await listener.read_resource(uri)

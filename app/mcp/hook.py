@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+DEFAULT_URL = "http://127.0.0.1:3847"  # CONTEXT_MANAGER_URL's default, here and for `mcp`
 MAX_SHOWN = 20
 MAX_CONTENT = 2000
 

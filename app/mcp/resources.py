@@ -57,6 +57,8 @@ _TASK_RE = re.compile(r"^context-manager://tasks/([^/]+)$")
 # stream listens). Between two watches nothing is missed that matters: it re-reads on entry.
 FEED_WATCH_SECONDS = 3600.0
 FEED_RETRY_SECONDS = 1.0
+# A listen stream is acknowledged once its feeds are live, or after this long regardless.
+READY_SECONDS = 5.0
 MAX_URIS_PER_STREAM = 100
 
 
@@ -121,16 +123,32 @@ def register_resources(server: MCPServer[Any], door: Door) -> None:
         return await read(ctx, reader)
 
 
+class _Feed:
+    """One running feed: its task, the streams it serves, and whether its watch is live."""
+
+    __slots__ = ("task", "streams", "live")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.streams = 0
+        self.live = asyncio.Event()
+
+
 class Feeds:
-    """What feeds the listen streams: per watched URI, one task on this node (refcounted)."""
+    """What feeds the listen streams on this node: one feed per watched inbox, one for every
+    watched task (refcounted by the streams naming them).
+
+    A stream is acknowledged only once its feeds watch and its tasks' state is read, so no
+    change after the acknowledgment is missed.
+    """
 
     def __init__(self, bus: SubscriptionBus, door: Door) -> None:
         self._bus = bus
         self._door = door
-        self._inboxes: dict[str, tuple[asyncio.Task[None], int]] = {}
+        self._inboxes: dict[str, _Feed] = {}
         self._tasks: dict[str, int] = {}  # task id → streams naming it
-        self._task_feed: asyncio.Task[None] | None = None
-        self._wake_tasks = asyncio.Event()
+        self._stamps: dict[str, datetime | None] = {}  # task id → updated_at last seen
+        self._task_feed = _Feed()
 
     @property
     def _runtime(self) -> Runtime:
@@ -164,10 +182,33 @@ class Feeds:
                 )
         acquired = [uri for uri in uris if self.acquire(uri)]
         try:
+            await self._ready(acquired)
             return await call_next(ctx)
         finally:
             for uri in acquired:
                 self.release(uri)
+
+    async def _ready(self, uris: list[str]) -> None:
+        """Until the feeds of `uris` watch and their tasks' current state is known."""
+        waits = []
+        for uri in uris:
+            if match := _INBOX_RE.match(uri):
+                waits.append(self._inboxes[match.group(1)].live.wait())
+            elif _TASK_RE.match(uri):
+                waits.append(self._task_feed.live.wait())
+        task_ids = [m.group(1) for uri in uris if (m := _TASK_RE.match(uri))]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits, self._prime(task_ids)), READY_SECONDS)
+        except TimeoutError:
+            logger.warning(
+                "MCP feeds not live after %s s; serving the stream anyway", READY_SECONDS
+            )
+
+    async def _prime(self, task_ids: list[str]) -> None:
+        new = [ident for ident in task_ids if ident not in self._stamps]
+        if new:
+            for ident, stamp in (await self._read_stamps(new)).items():
+                self._stamps.setdefault(ident, stamp)
 
     # --- feeds -------------------------------------------------------------------------------
 
@@ -175,53 +216,58 @@ class Feeds:
         """Feed `uri` (one of ours) until released; False if it is not ours."""
         if match := _INBOX_RE.match(uri):
             agent_id = match.group(1)
-            task, count = self._inboxes.get(agent_id) or (None, 0)
-            if task is None:
-                task = asyncio.create_task(self._inbox_feed(agent_id), name=f"mcp-inbox-{agent_id}")
-            self._inboxes[agent_id] = (task, count + 1)
+            feed = self._inboxes.setdefault(agent_id, _Feed())
+            if feed.task is None:
+                feed.task = asyncio.create_task(
+                    self._inbox_feed(agent_id, feed), name=f"mcp-inbox-{agent_id}"
+                )
+            feed.streams += 1
             return True
         if match := _TASK_RE.match(uri):
             task_id = match.group(1)
             self._tasks[task_id] = self._tasks.get(task_id, 0) + 1
-            if self._task_feed is None:
-                self._task_feed = asyncio.create_task(self._tasks_feed(), name="mcp-tasks")
-            self._wake_tasks.set()  # read the new one's state now
+            feed = self._task_feed
+            if feed.task is None:
+                feed.task = asyncio.create_task(self._tasks_feed(feed), name="mcp-tasks")
+            feed.streams += 1
             return True
         return False
 
     def release(self, uri: str) -> None:
         if match := _INBOX_RE.match(uri):
-            agent_id = match.group(1)
-            task, count = self._inboxes[agent_id]
-            if count > 1:
-                self._inboxes[agent_id] = (task, count - 1)
-            else:
-                del self._inboxes[agent_id]
-                task.cancel()
+            feed = self._inboxes.get(match.group(1))
+            if feed is not None:
+                feed.streams -= 1
+                if feed.streams <= 0:
+                    del self._inboxes[match.group(1)]
+                    _stop(feed)
         elif match := _TASK_RE.match(uri):
             task_id = match.group(1)
-            left = self._tasks.pop(task_id) - 1
-            if left:
+            left = self._tasks.pop(task_id, 0) - 1
+            if left > 0:
                 self._tasks[task_id] = left
-            elif not self._tasks and self._task_feed is not None:
-                self._task_feed.cancel()
-                self._task_feed = None
+            else:
+                self._stamps.pop(task_id, None)
+            self._task_feed.streams -= 1
+            if self._task_feed.streams <= 0:
+                _stop(self._task_feed)
+                self._task_feed = _Feed()
 
     async def close(self) -> None:
         """Stop every feed (the lifespan ends)."""
-        running = [task for task, _ in self._inboxes.values()]
-        if self._task_feed is not None:
-            running.append(self._task_feed)
+        feeds = [*self._inboxes.values(), self._task_feed]
         self._inboxes.clear()
         self._tasks.clear()
-        self._task_feed = None
-        for task in running:
-            task.cancel()
+        self._stamps.clear()
+        self._task_feed = _Feed()
+        running = [feed.task for feed in feeds if feed.task is not None]
+        for feed in feeds:
+            _stop(feed)
         for task in running:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _inbox_feed(self, agent_id: str) -> None:
+    async def _inbox_feed(self, agent_id: str, feed: _Feed) -> None:
         uri = inbox_uri(agent_id)
         channel = agent_channel(agent_id)
         while True:
@@ -229,6 +275,7 @@ class Feeds:
                 async with self._runtime.manager.watch(
                     channel, _inbox_event, FEED_WATCH_SECONDS
                 ) as watch:
+                    feed.live.set()
                     while not watch.expired:
                         if await watch.wait():
                             await self._bus.publish(ResourceUpdated(uri=uri))
@@ -238,52 +285,52 @@ class Feeds:
                 logger.exception("MCP inbox feed for %s failed; retrying", agent_id)
                 await asyncio.sleep(FEED_RETRY_SECONDS)
 
-    async def _tasks_feed(self) -> None:
-        seen: dict[str, datetime | None] = {}
+    async def _tasks_feed(self, feed: _Feed) -> None:
         while True:
             try:
                 async with self._runtime.manager.watch(
                     "global", _task_event, FEED_WATCH_SECONDS
                 ) as watch:
+                    feed.live.set()
                     while not watch.expired:
-                        for task_id in await self._changed_tasks(seen):
+                        # Re-read after (re-)entering the watch too: nothing slips between.
+                        for task_id in await self._changed_tasks():
                             await self._bus.publish(ResourceUpdated(uri=task_uri(task_id)))
-                        self._wake_tasks.clear()
-                        woken = asyncio.ensure_future(self._wake_tasks.wait())
-                        published = asyncio.ensure_future(watch.wait())
-                        try:
-                            await asyncio.wait(
-                                {woken, published}, return_when=asyncio.FIRST_COMPLETED
-                            )
-                        finally:
-                            woken.cancel()
-                            published.cancel()
+                        await watch.wait()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep feeding once the database is back
                 logger.exception("MCP task feed failed; retrying")
                 await asyncio.sleep(FEED_RETRY_SECONDS)
 
-    async def _changed_tasks(self, seen: dict[str, datetime | None]) -> list[str]:
-        """Watched tasks whose updated_at moved since the last look (new ones: not changed)."""
+    async def _read_stamps(self, task_ids: list[str]) -> dict[str, datetime | None]:
+        async with self._runtime.sessionmaker() as db:
+            rows = (
+                await db.execute(select(Task.id, Task.updated_at).where(Task.id.in_(task_ids)))
+            ).all()
+        found: dict[str, datetime | None] = {ident: None for ident in task_ids}
+        found.update({row.id: row.updated_at for row in rows})
+        return found
+
+    async def _changed_tasks(self) -> list[str]:
+        """Watched tasks whose updated_at moved since the last look."""
         watched = list(self._tasks)
         if not watched:
             return []
-        async with self._runtime.sessionmaker() as db:
-            rows = (
-                await db.execute(select(Task.id, Task.updated_at).where(Task.id.in_(watched)))
-            ).all()
-        now = {row.id: row.updated_at for row in rows}
-        changed = [ident for ident, stamp in now.items() if ident in seen and seen[ident] != stamp]
-        for ident in list(seen):
+        now = await self._read_stamps(watched)
+        changed = []
+        for ident, stamp in now.items():
             if ident not in self._tasks:
-                del seen[ident]
-        for ident in watched:
-            if ident not in seen:
-                seen[ident] = now.get(ident)
-            elif ident in now:
-                seen[ident] = now[ident]
+                continue  # released meanwhile
+            if ident in self._stamps and self._stamps[ident] != stamp:
+                changed.append(ident)
+            self._stamps[ident] = stamp
         return changed
+
+
+def _stop(feed: _Feed) -> None:
+    if feed.task is not None:
+        feed.task.cancel()
 
 
 def _inbox_event(event: str) -> bool:

@@ -56,6 +56,7 @@ from pydantic import ValidationError
 
 from app import __version__
 from app.mcp.door import Door, failed
+from app.mcp.hook import DEFAULT_URL as DEFAULT_URL
 from app.mcp.resources import register_resources
 from app.mcp.server import INSTRUCTIONS, MCP_PATH
 from app.mcp.tools import register_tools
@@ -63,9 +64,9 @@ from app.runtime import Runtime
 
 logger = logging.getLogger("context_manager.mcp.stdio")
 
-DEFAULT_URL = "http://127.0.0.1:3847"
 MODERN = "2026-07-28"  # every request a self-contained POST: nothing to set up or lose
 RELISTEN_SECONDS = 1.0
+READY_SECONDS = 5.0  # a listen stream waits this long at most for the service's
 T = TypeVar("T")
 
 
@@ -123,6 +124,18 @@ class Remote:
             raise Unavailable(_reason(exc)) from None
 
 
+def _refusal(exc: BaseException) -> MCPError | None:
+    """The service's own error inside `exc` (a lost connection is none)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _refusal(inner)) is not None:
+                return found
+        return None
+    if isinstance(exc, MCPError) and exc.code not in (-32000, -32603):
+        return exc
+    return None
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_reason(inner) for inner in exc.exceptions)
@@ -142,6 +155,17 @@ def catalog() -> MCPServer[Any]:
     return server
 
 
+class _RelayFeed:
+    """The service's listen stream for one URI: its task, the local streams and subscribers it
+    serves, and once `settled`, live or refused (`refusal`)."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.streams = 0
+        self.settled = asyncio.Event()
+        self.refusal: MCPError | None = None
+
+
 class Relay:
     """The stdio server: answers listings itself, relays the rest to `remote`."""
 
@@ -149,7 +173,7 @@ class Relay:
         self.remote = remote
         self.catalog = catalog()
         self.bus = InMemorySubscriptionBus()
-        self._feeds: dict[str, tuple[asyncio.Task[None], int]] = {}
+        self._feeds: dict[str, _RelayFeed] = {}
         self._subscribers: dict[str, set[ServerSession]] = {}
         self.server: Server[Any] = Server(
             "context-manager",
@@ -245,8 +269,8 @@ class Relay:
     async def listen_gate(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
-        """ServerMiddleware: a 2026-07-28 listen stream's URIs are fed while it is open (the
-        service decides who may watch what: a refused URI ends its feed at once)."""
+        """ServerMiddleware: a 2026-07-28 listen stream is acknowledged once the service
+        listens for its URIs (or refused as the service refuses them), and fed while open."""
         if ctx.method != "subscriptions/listen":
             return await call_next(ctx)
         try:
@@ -254,44 +278,60 @@ class Relay:
         except ValidationError:
             return await call_next(ctx)
         uris = list(dict.fromkeys(params.notifications.resource_subscriptions or ()))
-        for uri in uris:
-            self.acquire(uri)
+        feeds = [self.acquire(uri) for uri in uris]
         try:
+            for feed in feeds:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(feed.settled.wait(), READY_SECONDS)
+                if feed.refusal is not None:
+                    raise feed.refusal
             return await call_next(ctx)
         finally:
             for uri in uris:
                 self.release(uri)
 
-    def acquire(self, uri: str) -> None:
-        task, count = self._feeds.get(uri) or (None, 0)
-        if task is None:
-            task = asyncio.create_task(self._feed(uri), name=f"mcp-relay-{uri}")
-        self._feeds[uri] = (task, count + 1)
+    def acquire(self, uri: str) -> _RelayFeed:
+        feed = self._feeds.get(uri)
+        if feed is None:
+            feed = self._feeds[uri] = _RelayFeed()
+            feed.task = asyncio.create_task(self._feed(uri, feed), name=f"mcp-relay-{uri}")
+        feed.streams += 1
+        return feed
 
     def release(self, uri: str) -> None:
-        task, count = self._feeds[uri]
-        if count > 1:
-            self._feeds[uri] = (task, count - 1)
-        else:
+        feed = self._feeds.get(uri)
+        if feed is None:
+            return
+        feed.streams -= 1
+        if feed.streams <= 0:
             del self._feeds[uri]
-            task.cancel()
+            if feed.task is not None:
+                feed.task.cancel()
 
-    async def _feed(self, uri: str) -> None:
+    async def _feed(self, uri: str, feed: _RelayFeed) -> None:
         """Listen to `uri` on the service and relay each update, re-listening after a drop."""
+        again = False
         while True:
             try:
                 async with self.remote.client() as client:
                     async with client.listen(resource_subscriptions=[uri]) as subscription:
+                        feed.settled.set()
+                        if again:
+                            # Whatever changed while the stream was down: read it again.
+                            await self._updated(uri)
                         async for _ in subscription:
                             await self._updated(uri)
             except asyncio.CancelledError:
                 raise
-            except MCPError as exc:
-                logger.warning("the service refused updates of %s: %s", uri, exc.message)
-                return
-            except Exception as exc:  # noqa: BLE001 - service away: listen again shortly
+            except Exception as exc:  # noqa: BLE001 - refused, or the service away
+                refusal = _refusal(exc)
+                if refusal is not None:
+                    logger.warning("the service refused updates of %s: %s", uri, refusal.message)
+                    feed.refusal = refusal
+                    feed.settled.set()
+                    return
                 logger.info("updates of %s interrupted (%s); listening again", uri, _reason(exc))
-            # The stream was lost: whatever changed meanwhile, tell the client to read again.
+            again = True
             await asyncio.sleep(RELISTEN_SECONDS)
 
     async def _updated(self, uri: str) -> None:
@@ -303,7 +343,7 @@ class Relay:
                 self._subscribers.get(uri, set()).discard(session)
 
     async def close(self) -> None:
-        tasks = [task for task, _ in self._feeds.values()]
+        tasks = [feed.task for feed in self._feeds.values() if feed.task is not None]
         self._feeds.clear()
         for task in tasks:
             task.cancel()
