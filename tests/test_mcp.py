@@ -187,6 +187,9 @@ async def test_legacy_clients_are_served_statelessly(service: Service) -> None:
             headers={"Accept": "application/json, text/event-stream"},
         )
         assert answer.status_code == 200 and "mcp-session-id" not in answer.headers
+        # Nor a standalone GET stream to hold open: 405, as the spec lets a server answer.
+        stream = await http.get("/mcp?agent_id=old", headers={"Accept": "text/event-stream"})
+        assert stream.status_code == 405
 
 
 async def test_wait_for_messages_streams_progress(

@@ -157,6 +157,13 @@ class McpSurface:
         if self._app is None or scope["type"] != "http":
             await PlainTextResponse("MCP is not being served", 503)(scope, receive, send)
             return
+        if scope["method"] == "GET" and scope["path"] == MCP_PATH:
+            # Stateless: no stream of server-initiated messages to open (the spec's 405).
+            # Updates come on subscriptions/listen streams, and with every tool result.
+            await PlainTextResponse(
+                "No standalone SSE stream: POST requests", 405, {"Allow": "POST"}
+            )(scope, receive, send)
+            return
         allowed = self.settings.allowed_origins
         origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
         if allowed and origin and not self.settings.is_loopback and origin not in allowed:
