@@ -6,6 +6,8 @@
     context-manager dashboard   the dashboard alone (it connects to WS_PORT)
     context-manager tail | publish | status   client commands (app/cli_client.py)
     context-manager migrate     apply the database migrations (alembic upgrade head)
+    context-manager mcp         the MCP tools over stdio, relayed to a running service
+    context-manager inbox       an agent's unread mail (--hook: as a Claude Code hook's output)
 
 Every option has an environment variable (see `Settings`); options win over the environment.
 """
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         _add_server_options(commands.add_parser(name, help=text, description=text))
     _add_token_command(commands)
+    _add_agent_commands(commands)
     cli_client.add_commands(commands)
     migrate = commands.add_parser(
         "migrate",
@@ -118,6 +121,105 @@ def _token_create(args: argparse.Namespace) -> int:
         return 2
     print(token)
     return 0
+
+
+# --- agent-side commands (app/mcp/): they talk to a running service, like any client -------
+
+AGENT_COMMANDS = ("mcp", "inbox")
+
+
+def _add_agent_commands(commands: Any) -> None:
+    """`mcp` and `inbox`: environment CONTEXT_MANAGER_URL, _TOKEN, _AGENT_ID (docs/agents.md)."""
+    from app.mcp.hook import DEFAULT_URL
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--url", help=f"the service (CONTEXT_MANAGER_URL, default {DEFAULT_URL})"
+        )
+        parser.add_argument("--token", help="bearer token (CONTEXT_MANAGER_TOKEN)")
+        parser.add_argument("--agent", help="this agent's id (CONTEXT_MANAGER_AGENT_ID; open mode)")
+
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve the MCP tools over stdio (an agent launches it)",
+        description="Serve the MCP tools on stdin/stdout, relaying every call to the running "
+        "service's /mcp: the same tools and results as its Streamable HTTP endpoint.",
+    )
+    common(mcp)
+    inbox = commands.add_parser(
+        "inbox",
+        help="print an agent's unread messages",
+        description="Print the messages after the agent's acknowledged position.",
+    )
+    common(inbox)
+    inbox.add_argument(
+        "--hook",
+        action="store_true",
+        help="print them as a Claude Code hook's JSON (hookSpecificOutput.additionalContext)",
+    )
+    inbox.add_argument(
+        "--event",
+        default="UserPromptSubmit",
+        help="the hook's event name (UserPromptSubmit, SessionStart, PostToolUse)",
+    )
+    inbox.add_argument("--ack", action="store_true", help="acknowledge what is printed")
+
+
+def _agent_target(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    import os
+
+    from app.mcp.hook import DEFAULT_URL
+
+    url = args.url or os.environ.get("CONTEXT_MANAGER_URL") or DEFAULT_URL
+    token = args.token or os.environ.get("CONTEXT_MANAGER_TOKEN") or None
+    agent = args.agent or os.environ.get("CONTEXT_MANAGER_AGENT_ID") or None
+    return url, token, agent
+
+
+def _run_agent_command(args: argparse.Namespace) -> int:
+    url, token, agent = _agent_target(args)
+    if args.command == "mcp":
+        from app.mcp.stdio import serve
+
+        # stdout is the protocol: logs go to stderr, and only warnings.
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        try:
+            asyncio.run(serve(url, token, agent))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    from app.mcp.hook import HookError, context_text, fetch_unread, hook_output
+
+    if agent is None:
+        agent = _token_subject(token)
+    if agent is None:
+        print("error: say which agent: --agent ID (or CONTEXT_MANAGER_AGENT_ID)", file=sys.stderr)
+        return 2
+    try:
+        if args.hook:
+            output = hook_output(url, token, agent, event=args.event, ack=args.ack)
+        else:
+            messages = fetch_unread(url, token, agent, args.ack, 5.0)
+            output = context_text(agent, messages, args.ack) if messages else ""
+    except HookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if output:
+        print(output)
+    return 0
+
+
+def _token_subject(token: str | None) -> str | None:
+    """The agent a token names (read, not verified: the service verifies it)."""
+    if not token:
+        return None
+    import jwt
+
+    try:
+        subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except jwt.PyJWTError:
+        return None
+    return subject if isinstance(subject, str) else None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -269,6 +371,8 @@ def _main(argv: Sequence[str] | None) -> int:
         except ValidationError as exc:
             return _invalid_configuration(exc)
         return cli_client.run(args, client_settings)
+    if args.command in AGENT_COMMANDS:
+        return _run_agent_command(args)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:

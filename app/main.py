@@ -3,7 +3,7 @@
 The application object is the REST API (port 3847, OpenAPI at /docs). Its `state.surfaces`
 maps each port to the ASGI app that serves it:
 
-    "api"  → this FastAPI app          (REST, /docs, /health with the database)
+    "api"  → this FastAPI app          (REST, /docs, /health with the database; MCP at /mcp)
     "ws"   → WebSocketSurface          (WebSocket at / and /ws, /health, /stats)
     "dashboard" → DashboardSurface     (/dashboard, /live, the browser client; /api in-process)
 
@@ -45,6 +45,7 @@ from app.api.routes import (
 )
 from app.core.config import Settings
 from app.dashboard import DashboardSurface
+from app.mcp.server import McpSurface
 from app.ops import OpsSurface
 from app.realtime.http import WebSocketSurface
 from app.runtime import Runtime
@@ -69,8 +70,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.metrics = runtime.metrics
     try:
         await runtime.start()
-        app.state.started = True  # /readyz: start-up finished
-        yield
+        async with app.state.mcp.running():  # the MCP SDK's session manager (app/mcp/)
+            app.state.started = True  # /readyz: start-up finished
+            yield
     finally:
         app.state.started = False
         await runtime.stop()
@@ -108,6 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in routers:
         app.include_router(module.router, dependencies=[Depends(require_identity)])
+    # MCP (Streamable HTTP) at /mcp: the SDK authenticates it itself (app/mcp/server.py).
+    app.state.mcp = McpSurface(settings, lambda: app.state.runtime)
+    for path in app.state.mcp.paths:
+        app.add_route(path, app.state.mcp, include_in_schema=False)
     install_error_handlers(app)
     # Outermost last: the body limit, then CORS, then idempotency (it reads bounded bodies).
     app.add_middleware(Idempotency, root=app)

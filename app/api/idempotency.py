@@ -50,7 +50,13 @@ class Idempotency:
         self.root = root
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        # The REST API's POSTs; not /mcp, whose answers stream (progress) and carry their own
+        # JSON-RPC ids.
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not scope["path"].startswith("/api/")
+        ):
             await self.app(scope, receive, send)
             return
         key = None

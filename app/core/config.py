@@ -227,6 +227,18 @@ class Settings(BaseSettings):
         description="Seconds finished webhook deliveries (and their attempts) are kept.",
     )
 
+    # --- MCP (app/mcp/: /mcp on the API port) ---------------------------------------------
+    mcp_public_url: str | None = Field(
+        None,
+        description="The URL agents reach the MCP endpoint at (token mode: the RFC 9728 "
+        "`resource`); default http://HOST:API_PORT/mcp.",
+    )
+    mcp_issuer_url: str | None = Field(
+        None,
+        description="Token mode: who issues the tokens, as RFC 9728 metadata names it; "
+        "default this service's API base URL (tokens come from `context-manager token`).",
+    )
+
     # --- dashboard (what its pages connect to; by default this host's ports) ----------------
     dashboard_ws_url: str | None = Field(
         None, description="WebSocket URL for the dashboard (behind a proxy); default WS_PORT."

@@ -245,6 +245,45 @@ async def renew_all(db: AsyncSession, agent_id: str) -> int:
     return len(rows)
 
 
+async def leases_of(ctx: Context, agent_id: str, limit: int = 100) -> list[Claimed]:
+    """The live leases `agent_id` holds, soonest to expire first: what a restarted agent
+    resumes (MCP's register_agent)."""
+    rows = (
+        await ctx.db.scalars(
+            select(Task)
+            .where(
+                Task.lease_agent_id == agent_id,
+                Task.lease_id.is_not(None),
+                Task.lease_expires_at > utcnow(),
+            )
+            .order_by(Task.lease_expires_at, Task.id)
+            .limit(limit)
+        )
+    ).all()
+    held = []
+    for row in rows:
+        lease = lease_out(row)
+        if lease is not None:
+            held.append(Claimed(task=task_out(row), lease=lease))
+    return held
+
+
+async def expiring_leases(ctx: Context, agent_id: str, within: float) -> int:
+    """How many of `agent_id`'s live leases expire in the next `within` seconds."""
+    now = utcnow()
+    count = await ctx.db.scalar(
+        select(func.count())
+        .select_from(Task)
+        .where(
+            Task.lease_agent_id == agent_id,
+            Task.lease_id.is_not(None),
+            Task.lease_expires_at > now,
+            Task.lease_expires_at <= now + timedelta(seconds=within),
+        )
+    )
+    return int(count or 0)
+
+
 # --- expiry (the lease sweeper, one node at a time) ------------------------------------------
 
 
