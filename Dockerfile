@@ -4,7 +4,9 @@
 #   docker run --rm -p 127.0.0.1:3849:3849 -e SECRET_KEY=… context-manager ws
 #
 # The package is installed from pyproject.toml. It is installed in place (editable) because
-# `context-manager migrate` finds alembic.ini and alembic/ beside the package.
+# `context-manager migrate` finds alembic.ini and alembic/ beside the package. Its build includes
+# the Python client's package (clients/python/context_manager_client, used by the CLI's tail and
+# publish), so nothing unpublished has to be resolved.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,6 +22,7 @@ WORKDIR /app
 # Dependencies first, so code changes do not reinstall them.
 COPY pyproject.toml README.md ./
 COPY app/__init__.py app/__init__.py
+COPY clients/python/context_manager_client/__init__.py clients/python/context_manager_client/__init__.py
 RUN pip install --upgrade pip \
     && pip install -e . \
     && rm -rf /root/.cache
@@ -28,6 +31,7 @@ COPY alembic.ini ./
 COPY alembic ./alembic
 COPY deploy/healthcheck.py ./deploy/healthcheck.py
 COPY app ./app
+COPY clients/python/context_manager_client ./clients/python/context_manager_client
 RUN pip install --no-deps -e . \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home app \

@@ -16,14 +16,14 @@ run: $(STAMP)
 	$(BIN)/context-manager serve
 
 test: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/mypy app
+	$(BIN)/ruff check app tests bench clients/python
+	$(BIN)/mypy app clients/python/context_manager_client
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
-	$(BIN)/mypy app
+	$(BIN)/ruff check app tests bench clients/python
+	$(BIN)/ruff format --check app tests bench clients/python
+	$(BIN)/mypy app clients/python/context_manager_client
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

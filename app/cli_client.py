@@ -4,9 +4,10 @@
     context-manager publish CHANNEL EVENT [DATA]                   one publication, then exit
     context-manager status                                         /health and /stats as tables
 
-They talk to a running service over the network with the SDK (app.client); the addresses come
-from the same settings as the server's (HOST, WS_PORT, API_PORT, DASHBOARD_PORT) or from
---url / --api-url, and a token from --token or CONTEXT_MANAGER_TOKEN.
+They talk to a running service over the network with the Python client (context_manager_client,
+clients/python/); the addresses come from the same settings as the server's (HOST, WS_PORT,
+API_PORT, DASHBOARD_PORT) or from --url / --api-url, and a token from --token or
+CONTEXT_MANAGER_TOKEN.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import httpx
-
-from app.client import Backoff, ConnectionState, Event, RealtimeClient, RealtimeError, StateChange
+from context_manager_client import (
+    Backoff,
+    ConnectionState,
+    Event,
+    RealtimeClient,
+    RealtimeError,
+    StateChange,
+)
 
 CLIENT_COMMANDS = frozenset({"tail", "publish", "status"})
 

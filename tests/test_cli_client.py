@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from context_manager_client import Event
 
 from app.cli_client import Painter, event_style, format_event, parse_data
-from app.client import Event
 from app.server import Service
 from tests.conftest import ServiceFactory, free_port
 

@@ -1,29 +1,27 @@
-"""The Python WebSocket client (app.client.realtime) against a real server."""
+"""The Python WebSocket client (context_manager_client.realtime) against a real server.
+
+Its behaviour against scripted servers (keepalive, duplicates, `unrecovered`) is tested by the
+client's own tests, clients/python/tests/.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
-
-from app.client import (
+from context_manager_client import (
     Backoff,
     ConnectionState,
     Event,
     RealtimeClient,
     RealtimeError,
-    Recovery,
     StateChange,
 )
-from app.client.backoff import event_matcher, should_reconnect
+
 from app.server import Service
-from tests.conftest import ClientFactory, ServiceFactory, free_port
+from tests.conftest import ClientFactory, ServiceFactory
 
 FAST = Backoff(initial=0.05, maximum=0.3, jitter=0.5)
 
@@ -54,44 +52,6 @@ async def collect(events: AsyncIterator[Event], count: int, timeout: float = 5) 
 
     await asyncio.wait_for(take(), timeout)
     return received
-
-
-# --- pure policy ---------------------------------------------------------------------------
-
-
-def test_backoff_grows_caps_and_jitters() -> None:
-    backoff = Backoff(initial=0.5, maximum=4, factor=2, jitter=0.5)
-    assert [backoff.delay(n, lambda: 0.0) for n in range(5)] == [0.5, 1, 2, 4, 4]
-    # Equal jitter: never below half of the base delay.
-    assert backoff.delay(3, lambda: 1.0) == 2
-    assert backoff.delay(10_000, lambda: 0.0) == 4
-
-
-def test_reconnect_policy_follows_the_close_code_ranges() -> None:
-    for code in (None, 1001, 1006, 1011, 1012, 3001, 3008, 4000):
-        assert should_reconnect(code), code
-    for code in (1000, 1008, 1009, 3500, 3503, 3504, 3999):
-        assert not should_reconnect(code), code
-
-
-def test_event_glob() -> None:
-    matches = event_matcher("task.*, *.failed")
-    assert matches("task.created") and matches("subtask.failed")
-    assert not matches("subtask.created") and not matches("message.new")
-    assert event_matcher(None)("anything.at_all")
-
-
-def test_sdk_imports_nothing_from_the_server() -> None:
-    code = (
-        "import sys, app.client, app.client.rest\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'fastapi','starlette','sqlalchemy','pydantic','pydantic_settings','uvicorn','orjson',"
-        "'alembic','asyncpg','aiosqlite'} or (m.startswith('app.') and not "
-        "m.startswith('app.client')))\n"
-        "print(','.join(bad))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"server modules imported by the SDK: {out.stdout}"
 
 
 # --- against a real server -------------------------------------------------------------------
@@ -242,180 +202,6 @@ async def test_keepalive_pings_reach_the_server(
         await asyncio.sleep(0.5)
         assert service.manager.stats.messages_in["ping"] >= 2
         assert client.connections == 1  # pongs answered: no reconnect
-
-
-async def test_silent_server_counts_as_dead_and_the_client_reconnects() -> None:
-    """A server that stops answering (no pong, no frame) is left after `pong_timeout`."""
-    accepted: list[ServerConnection] = []
-    done = asyncio.Event()
-
-    async def handler(ws: ServerConnection) -> None:
-        accepted.append(ws)
-        await ws.send(json.dumps({"type": "connected", "client_id": f"ws_silent_{len(accepted)}"}))
-        await done.wait()  # reads nothing, answers nothing
-
-    port = free_port()
-    async with serve(handler, "127.0.0.1", port, ping_interval=None):
-        client = RealtimeClient(
-            f"ws://127.0.0.1:{port}/ws", ping_interval=0.1, pong_timeout=0.2, backoff=FAST
-        )
-        try:
-            await client.connect(timeout=5)
-            for _ in range(100):
-                if client.connections >= 2:
-                    break
-                await asyncio.sleep(0.05)
-            assert client.connections >= 2
-            assert client.last_close_code == 4000
-        finally:
-            done.set()
-            await client.close()
-
-
-async def test_events_seen_twice_are_delivered_once() -> None:
-    """A replay that overlaps what already arrived (same epoch, offset not newer) is dropped."""
-
-    async def handler(ws: ServerConnection) -> None:
-        await ws.send(json.dumps({"type": "connected", "client_id": "ws_scripted"}))
-        request = json.loads(await ws.recv())
-        assert request["type"] == "subscribe"
-        ack = {"type": "ack", "id": request["id"], "success": True, "offset": 0, "epoch": "e1"}
-        await ws.send(json.dumps(ack))
-        for offset, epoch in ((1, "e1"), (2, "e1"), (2, "e1"), (1, "e1"), (3, "e1"), (1, "e2")):
-            frame = {
-                "channel": "topics/d",
-                "event": "note.added",
-                "data": {"o": offset},
-                "timestamp": 0,
-                "offset": offset,
-                "epoch": epoch,
-            }
-            await ws.send(json.dumps(frame))
-        await ws.wait_closed()
-
-    port = free_port()
-    async with serve(handler, "127.0.0.1", port, ping_interval=None):
-        async with client_for(f"ws://127.0.0.1:{port}/ws") as client:
-            got = await collect(client.events("topics/d"), 4)
-    # 1, 2, 3 once each; then a new epoch starts a new stream.
-    assert [(e.offset, e.epoch) for e in got] == [(1, "e1"), (2, "e1"), (3, "e1"), (1, "e2")]
-
-
-def _event(channel: str, offset: int, epoch: str) -> str:
-    return json.dumps(
-        {
-            "channel": channel,
-            "event": "note.added",
-            "data": {"o": offset},
-            "timestamp": 0,
-            "offset": offset,
-            "epoch": epoch,
-        }
-    )
-
-
-async def test_an_unrecovered_notice_reports_the_loss_and_moves_the_position() -> None:
-    """The server lost publications (Redis restarted): the app is told before the new epoch's
-    events, and a later reconnect recovers from the new epoch instead of failing again."""
-    subscribes: list[dict[str, object]] = []
-    second = asyncio.Event()
-
-    async def handler(ws: ServerConnection) -> None:
-        await ws.send(json.dumps({"type": "connected", "client_id": "ws_scripted"}))
-        request = json.loads(await ws.recv())
-        subscribes.append(request)
-        if len(subscribes) == 1:
-            ack = {"type": "ack", "id": request["id"], "success": True, "offset": 5, "epoch": "e1"}
-            await ws.send(json.dumps(ack))
-            for frame in (
-                _event("topics/u", 6, "e1"),
-                # Rolled back behind what the client has: offset 5 that follows is a new one.
-                json.dumps({"type": "unrecovered", "channel": "topics/u", "offset": 4,
-                            "epoch": "e1", "recovered": False, "reason": "gap"}),
-                _event("topics/u", 5, "e1"),
-                json.dumps({"type": "unrecovered", "channel": "topics/u", "offset": 0,
-                            "epoch": "e2", "recovered": False, "reason": "new_epoch"}),
-                _event("topics/u", 1, "e2"),
-                _event("topics/u", 2, "e2"),
-            ):  # fmt: skip
-                await ws.send(frame)
-            await asyncio.sleep(0.2)
-            await ws.close(1012, "restart")
-            return
-        ack = {"type": "ack", "id": request["id"], "success": True, "offset": 3, "epoch": "e2",
-               "recovered": True, "replayed": 1}  # fmt: skip
-        await ws.send(json.dumps(ack))
-        await ws.send(_event("topics/u", 3, "e2"))
-        second.set()
-        await ws.wait_closed()
-
-    port = free_port()
-    log: list[object] = []
-    async with serve(handler, "127.0.0.1", port, ping_interval=None):
-        async with client_for(f"ws://127.0.0.1:{port}/ws") as client:
-            client.on_event(lambda e: log.append((e.offset, e.epoch)))
-            client.on_recovery(log.append)
-            await client.subscribe("topics/u")
-            await asyncio.wait_for(second.wait(), 5)
-            for _ in range(50):
-                if len(log) >= 8:
-                    break
-                await asyncio.sleep(0.02)
-            assert client.position("topics/u") == {"offset": 3, "epoch": "e2"}
-    rollback, notice, resubscribed = (item for item in log if isinstance(item, Recovery))
-    assert (rollback.recovered, rollback.offset, rollback.epoch, rollback.reason) == (
-        False,
-        4,
-        "e1",
-        "gap",
-    )
-    assert (notice.recovered, notice.offset, notice.epoch, notice.reason) == (
-        False,
-        0,
-        "e2",
-        "new_epoch",
-    )
-    assert (resubscribed.recovered, resubscribed.reason, resubscribed.replayed) == (
-        True,
-        "resubscribe",
-        1,
-    )
-    assert log == [
-        (6, "e1"),
-        rollback,
-        (5, "e1"),
-        notice,
-        (1, "e2"),
-        (2, "e2"),
-        resubscribed,
-        (3, "e2"),
-    ]
-    # The reconnect asked for what followed the new epoch's position, not the lost one's.
-    assert subscribes[1]["since"] == {"offset": 2, "epoch": "e2"}
-
-
-async def test_subscribe_asks_again_after_a_timeout() -> None:
-    """An unanswered subscribe is sent again by the next subscribe(), not only on reconnect."""
-    requests: list[dict[str, object]] = []
-
-    async def handler(ws: ServerConnection) -> None:
-        await ws.send(json.dumps({"type": "connected", "client_id": "ws_scripted"}))
-        async for raw in ws:
-            request = json.loads(raw)
-            requests.append(request)
-            if request["type"] == "subscribe" and len(requests) > 1:  # the first goes unanswered
-                await ws.send(json.dumps({"type": "ack", "id": request["id"], "success": True}))
-
-    port = free_port()
-    async with serve(handler, "127.0.0.1", port, ping_interval=None):
-        async with client_for(f"ws://127.0.0.1:{port}/ws", request_timeout=0.3) as client:
-            with pytest.raises(RealtimeError) as timeout:
-                await client.subscribe("topics/slow")
-            assert timeout.value.code == "TIMEOUT"
-            await asyncio.sleep(0.5)  # the unanswered request itself has timed out too
-            ack = await client.subscribe("topics/slow", timeout=5)
-            assert ack["success"] is True and client.connections == 1
-    assert [r["channel"] for r in requests] == ["topics/slow", "topics/slow"]
 
 
 async def test_a_draining_server_names_the_reconnect_delay(start_service: ServiceFactory) -> None:

@@ -1,14 +1,16 @@
-"""The Python REST client (app.client.rest) against a real API."""
+"""The Python REST client (context_manager_client.rest) against a real API: every endpoint."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from context_manager_client import ApiError, RealtimeClient, RestClient
+from context_manager_client.rest import ENDPOINTS
 
-from app.client import ApiError, RealtimeClient, RestClient
+from app.main import create_app
 from app.server import Service
-from tests.conftest import ServiceFactory
+from tests.conftest import ServiceFactory, SettingsFactory
 
 
 def rest(service: Service, **options: object) -> RestClient:
@@ -126,7 +128,7 @@ async def test_rest_change_reaches_the_realtime_client(start_service: ServiceFac
 
 
 async def test_lists_newest_first(service: Service) -> None:
-    from app.client.rest import RestClient
+    from context_manager_client.rest import RestClient
 
     async with RestClient(f"http://127.0.0.1:{service.settings.api_port}") as rest:
         titles = [f"t{n}" for n in range(3)]
@@ -136,3 +138,140 @@ async def test_lists_newest_first(service: Service) -> None:
         assert [t["title"] for t in newest.items] == ["t2", "t1"]
         oldest = await rest.list_tasks(order="asc")
         assert [t["title"] for t in oldest.items] == titles
+
+
+def test_every_endpoint_has_a_method(make_settings: SettingsFactory) -> None:
+    """ENDPOINTS names one RestClient method for each operation of the server's OpenAPI."""
+    spec = create_app(make_settings()).openapi()
+    operations = {
+        f"{method.upper()} {path}" for path, item in spec["paths"].items() for method in item
+    }
+    missing = sorted(operations - ENDPOINTS.keys())
+    assert not missing, f"endpoints without a RestClient method (add them to rest.py): {missing}"
+    assert not ENDPOINTS.keys() - operations, "ENDPOINTS names operations the API does not have"
+    for name in ENDPOINTS.values():
+        assert callable(getattr(RestClient, name, None)), name
+
+
+async def test_claims_and_leases(start_service: ServiceFactory) -> None:
+    service = await start_service(surfaces=("api",))
+    async with rest(service) as api:
+        assert await api.claim_task(agent_id="coder") is None  # nothing ready: 204
+        first = await api.create_task("Build", capabilities=["python"], max_attempts=2)
+        then = await api.create_task("Ship", depends_on=[first["id"]])
+        ready = await api.list_tasks(ready=True)
+        assert [t["id"] for t in ready.items] == [first["id"]]
+        claimed = await api.claim_task(agent_id="coder", capabilities=["python"], lease_seconds=60)
+        assert claimed is not None and claimed["task"]["id"] == first["id"]
+        lease = claimed["lease"]
+        assert lease["agent_id"] == "coder" and claimed["task"]["status"] == "in_progress"
+        renewed = await api.renew_lease(first["id"], lease["id"], lease_seconds=120)
+        assert renewed["lease"] is not None and renewed["lease"]["id"] == lease["id"]
+        released = await api.release_task(first["id"], lease["id"])
+        assert released["status"] == "pending" and released["lease"] is None
+        with pytest.raises(ApiError) as lost:
+            await api.complete_task(first["id"], lease["id"])
+        assert lost.value.status == 409 and lost.value.code == "LEASE_LOST"
+
+        again = await api.claim_task(agent_id="coder", capabilities=["python"])
+        assert again is not None
+        failed = await api.fail_task(first["id"], again["lease"]["id"], "flaky", retry=True)
+        assert failed["status"] == "pending" and failed["attempts"] == 1
+        third = await api.claim_task(agent_id="coder", capabilities=["python"])
+        assert third is not None
+        done = await api.complete_task(first["id"], third["lease"]["id"], result={"ok": 1})
+        assert done["status"] == "completed" and done["result"] == {"ok": 1}
+        assert [t["id"] for t in (await api.list_tasks(ready=True)).items] == [then["id"]]
+
+
+async def test_a_claim_waits_for_a_task(start_service: ServiceFactory) -> None:
+    """wait_seconds is a long poll: the client's timeout is stretched by it."""
+    service = await start_service(surfaces=("api",))
+    async with rest(service, timeout=1.0) as api, rest(service) as other:
+        waiting = asyncio.ensure_future(api.claim_task(agent_id="coder", wait_seconds=3))
+        await asyncio.sleep(1.2)  # longer than the client's own timeout
+        task = await other.create_task("Late")
+        claimed = await asyncio.wait_for(waiting, 5)
+        assert claimed is not None and claimed["task"]["id"] == task["id"]
+
+
+async def test_inbox_messages_threads_and_heartbeats(start_service: ServiceFactory) -> None:
+    service = await start_service(surfaces=("api",))
+    async with rest(service, timeout=1.0) as api:
+        await api.register_agent("coder", capabilities=["python"], summary="writes code")
+        await api.register_agent("planner", capabilities=["plans"])
+        assert [a["id"] for a in (await api.list_agents(capability="python")).items] == ["coder"]
+        assert (await api.list_agents(online=True)).items == []
+        beat = await api.heartbeat("coder", activity="editing", summary="on task 1")
+        assert (beat["activity"], beat["summary"]) == ("editing", "on task 1")
+
+        empty = await api.read_inbox("coder", wait=0)
+        assert empty["messages"] == []
+        waiting = asyncio.ensure_future(api.read_inbox("coder", wait=3))
+        await asyncio.sleep(1.2)  # beyond the client's timeout: the long poll stretches it
+        first = await api.send_message("planner", "coder", "start", thread_id="plan-1")
+        inbox = await asyncio.wait_for(waiting, 5)
+        assert [m["id"] for m in inbox["messages"]] == [first["id"]]
+        reply = await api.send_message(
+            "coder", "planner", "on it", thread_id="plan-1", reply_to=first["id"]
+        )
+        assert (await api.get_message(reply["id"]))["reply_to"] == first["id"]
+        thread = await api.list_messages(thread_id="plan-1")
+        assert [m["id"] for m in thread.items] == [first["id"], reply["id"]]
+        assert [m["id"] for m in (await api.list_messages(from_agent="coder")).items] == [
+            reply["id"]
+        ]
+
+        position = await api.ack_inbox("coder", inbox["cursor"])
+        assert position["acked"] == inbox["cursor"]
+        assert (await api.read_inbox("coder"))["messages"] == []
+
+
+async def test_reservations(start_service: ServiceFactory) -> None:
+    service = await start_service(surfaces=("api",))
+    async with rest(service) as api:
+        mine = await api.reserve(["app/api/"], agent_id="coder", ttl_seconds=60, reason="refactor")
+        assert mine["active"] and mine["paths"] == ["app/api"]  # normalised
+        with pytest.raises(ApiError) as conflict:
+            await api.reserve(["app/api/routes.py"], agent_id="other")
+        assert conflict.value.status == 409 and conflict.value.code == "RESERVATION_CONFLICT"
+        assert [r["id"] for r in conflict.value.body["conflicts"]] == [mine["id"]]
+        held = await api.list_reservations(path="app/api/tasks.py")
+        assert [r["id"] for r in held.items] == [mine["id"]]
+        assert (await api.list_reservations(agent_id="other")).items == []
+        renewed = await api.renew_reservation(mine["id"], ttl_seconds=600)
+        assert renewed["expires_at"] > mine["expires_at"]
+        assert await api.release_reservation(mine["id"]) is None
+        assert (await api.list_reservations()).items == []
+        ended = await api.list_reservations(active=False)
+        assert [r["id"] for r in ended.items] == [mine["id"]] and not ended.items[0]["active"]
+
+
+async def test_channels_metrics_history_index_and_idempotency(
+    start_service: ServiceFactory,
+) -> None:
+    service = await start_service(surfaces=("api", "ws"))
+    async with rest(service) as api:
+        first = await api.publish("topics/deploys", "deploy.started", {"v": 1})
+        await api.publish("topics/deploys", "deploy.finished", {"v": 1})
+        everything = await api.channel_history("topics/deploys", limit=10)
+        assert [p["offset"] for p in everything["publications"]] == [1, 2]
+        history = await api.channel_history(
+            "topics/deploys", since_offset=first["offset"], since_epoch=everything["epoch"]
+        )
+        since = history["publications"]
+        assert [p["event"] for p in since] == ["deploy.finished"] and history["recovered"]
+        presence = await api.channel_presence("topics/deploys")
+        assert presence["num_clients"] == 0 and presence["channel"] == "topics/deploys"
+        snapshots = await api.metrics_history()
+        assert {"interval", "items"} <= snapshots.keys()
+        assert any(r["name"] == "tasks" for r in (await api.index())["resources"])
+
+        key = "retry-of-create-1"
+        created = await api.create_task("Once", idempotency_key=key)
+        replayed = await api.create_task("Once", idempotency_key=key)
+        assert replayed["id"] == created["id"]
+        assert [t["title"] for t in (await api.list_tasks()).items] == ["Once"]
+        with pytest.raises(ApiError) as reused:
+            await api.create_task("Another", idempotency_key=key)
+        assert reused.value.status == 422 and reused.value.code == "IDEMPOTENCY_KEY_REUSED"

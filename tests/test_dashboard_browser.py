@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from context_manager_client import RealtimeClient
 
-from app.client import RealtimeClient
 from app.realtime.broker.base import StreamReset
 from app.realtime.history import StreamPosition
 from app.realtime.protocol import ResetReason

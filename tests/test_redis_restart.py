@@ -29,10 +29,10 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from context_manager_client import Backoff, RealtimeClient
+from context_manager_client.realtime import Event, Recovery
 from redis.exceptions import RedisError
 
-from app.client import Backoff, RealtimeClient
-from app.client.realtime import Event, Recovery
 from tests.conftest import IN_CI, Client, free_port
 from tests.test_cluster import Clients, Node, Nodes, RedisServer
 

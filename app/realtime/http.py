@@ -1,7 +1,8 @@
 """The WebSocket server's own HTTP routes and its ASGI surface (port 3849).
 
 `WebSocketSurface` sends WebSocket handshakes on `/` and `/ws` straight to the endpoint, and
-every HTTP request to a small FastAPI app with the seed's `/health` and `/stats`.
+every HTTP request to a small FastAPI app with the seed's `/health` and `/stats`, and
+`/asyncapi.yaml`, the protocol's AsyncAPI document (app/realtime/asyncapi.py).
 
 In token mode `/stats` needs a dashboard or admin token, and `/health` names channels only to
 such a token; to anyone else its `channelStats` counts subscribers by channel kind
@@ -16,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.ops_access import OperatorAccess, by_kind
+from app.realtime import asyncapi
 from app.realtime.endpoint import Receive, Send, websocket_endpoint
 from app.realtime.manager import ConnectionManager
 from app.realtime.protocol import CloseCode
@@ -74,6 +76,15 @@ def build_http_app(root: FastAPI) -> FastAPI:
         if refusal is not None:
             return JSONResponse(refusal.body(), refusal.status, refusal.headers())
         return _manager(request).snapshot()
+
+    @http.get("/asyncapi.yaml", response_class=Response)
+    async def asyncapi_document() -> Response:
+        """The protocol as an AsyncAPI 3.1 document (what docs/asyncapi.yaml holds)."""
+        return Response(
+            asyncapi.render(),
+            media_type="application/yaml",
+            headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "no-cache"},
+        )
 
     return http
 

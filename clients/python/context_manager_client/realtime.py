@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from app.client.backoff import Backoff, event_matcher, should_reconnect
+from context_manager_client.backoff import Backoff, event_matcher, should_reconnect
 
 logger = logging.getLogger("context_manager.client")
 

@@ -1,13 +1,13 @@
-"""The Python SDK of context-manager: a WebSocket client and a REST client.
+"""The Python client of context-manager: a WebSocket client and a REST client.
 
 It depends on `websockets` and `httpx` only — never on the server's packages — so an agent can
 use it without FastAPI, SQLAlchemy or pydantic installed.
 
-    from app.client import RealtimeClient, RestClient
+    from context_manager_client import RealtimeClient, RestClient
 """
 
-from app.client.backoff import Backoff, event_matcher, should_reconnect
-from app.client.realtime import (
+from context_manager_client.backoff import Backoff, event_matcher, should_reconnect
+from context_manager_client.realtime import (
     ConnectionState,
     Event,
     RealtimeClient,
@@ -15,7 +15,9 @@ from app.client.realtime import (
     Recovery,
     StateChange,
 )
-from app.client.rest import ApiError, Page, RestClient
+from context_manager_client.rest import ApiError, Page, RestClient
+
+__version__ = "0.1.0"
 
 __all__ = [
     "ApiError",
@@ -28,6 +30,7 @@ __all__ = [
     "Recovery",
     "RestClient",
     "StateChange",
+    "__version__",
     "event_matcher",
     "should_reconnect",
 ]

@@ -8,10 +8,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Close codes after which retrying without changing something is pointless: a normal close,
-# a policy violation, a frame too big, and the 3500–3999 "do not reconnect" range (bad token,
-# forbidden, connection limit). Everything else — 1001, 1006, 1011, 1012, 3000–3499 — retries.
-_FINAL_CODES = frozenset({1000, 1008, 1009})
+# Close codes after which retrying without changing something is pointless (docs/protocol.md,
+# "Close codes"): a normal close, invalid data (not UTF-8), a policy violation, a frame too big,
+# and the 3500–3999 "do not reconnect" range (bad token, forbidden, connection limit).
+# Everything else — 1001, 1006, 1011, 1012, 3000–3499 — retries.
+_FINAL_CODES = frozenset({1000, 1007, 1008, 1009})
 
 
 def should_reconnect(code: int | None) -> bool:
