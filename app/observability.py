@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -38,6 +38,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 
 from app.realtime.endpoint import Receive, Send
+
+if TYPE_CHECKING:
+    from app.bridge import Bridge
+    from app.realtime.manager import ConnectionManager
+    from app.runtime import Runtime
 
 BRIDGE_LAG_TIMEOUT = 1.0
 
@@ -64,10 +69,11 @@ class NodeCollector(Collector):
         self.bridge_newest_id: int | None = None
 
     def collect(self) -> Iterator[Metric]:
-        state = self.root.state
-        manager = getattr(state, "manager", None)
-        if manager is None:
+        # Before the lifespan has built the node (a scrape during start-up) there is nothing.
+        runtime: Runtime | None = getattr(self.root.state, "runtime", None)
+        if runtime is None:
             return
+        manager = runtime.manager
         stats = manager.stats
         channel_stats = manager.hub.channel_stats()
         yield GaugeMetricFamily(
@@ -122,9 +128,9 @@ class NodeCollector(Collector):
         )
         yield from self._broker(manager)
         yield from self._presence(manager)
-        yield from self._bridge(getattr(state, "bridge", None))
+        yield from self._bridge(runtime.bridge)
 
-    def _broker(self, manager: Any) -> Iterator[Metric]:
+    def _broker(self, manager: ConnectionManager) -> Iterator[Metric]:
         broker = manager.broker
         healthy = GaugeMetricFamily(
             "cm_broker_healthy",
@@ -149,12 +155,12 @@ class NodeCollector(Collector):
             getattr(broker, "stream_resets", 0),
         )
 
-    def _presence(self, manager: Any) -> Iterator[Metric]:
+    def _presence(self, manager: ConnectionManager) -> Iterator[Metric]:
         online = GaugeMetricFamily(
             "cm_agents_online", "Agents with an open connection.", labels=["scope"]
         )
         online.add_metric(["node"], len(manager.presence.online()))
-        cluster = getattr(manager, "cluster", None)
+        cluster = manager.cluster
         if cluster is not None:
             online.add_metric(["cluster"], cluster.agents_online)
             yield GaugeMetricFamily("cm_cluster_nodes", "Live nodes.", len(cluster.nodes))
@@ -165,11 +171,9 @@ class NodeCollector(Collector):
             )
         yield online
 
-    def _bridge(self, bridge: Any) -> Iterator[Metric]:
-        if bridge is None:
-            return
-        leader = bool(getattr(bridge, "leader", True))
-        last_id = int(getattr(bridge, "last_id", 0))
+    def _bridge(self, bridge: Bridge) -> Iterator[Metric]:
+        leader = bridge.leader
+        last_id = bridge.last_id
         yield GaugeMetricFamily(
             "cm_bridge_leader", "1 when this node's bridge publishes the outbox.", int(leader)
         )
@@ -180,13 +184,11 @@ class NodeCollector(Collector):
                 "Outbox rows not yet delivered (newest id minus last delivered).",
                 max(0, self.bridge_newest_id - last_id),
             )
-        yield _counter(
-            "cm_bridge_delivered", "Outbox events published.", getattr(bridge, "delivered", 0)
-        )
+        yield _counter("cm_bridge_delivered", "Outbox events published.", bridge.delivered)
         yield _counter(
             "cm_bridge_reconnects",
             "Bridge LISTEN connections re-established.",
-            getattr(bridge, "reconnects", 0),
+            bridge.reconnects,
         )
 
 
@@ -250,9 +252,10 @@ def _state(root: FastAPI) -> _Observability:
 
 
 async def _newest_outbox_id(root: FastAPI) -> int | None:
-    engine = getattr(root.state, "engine", None)
-    if engine is None or getattr(root.state, "bridge", None) is None:
+    runtime: Runtime | None = getattr(root.state, "runtime", None)
+    if runtime is None:
         return None
+    engine = runtime.engine
 
     async def query() -> int | None:
         async with engine.connect() as connection:
