@@ -7,12 +7,11 @@
       ├── release ──▶ pending, the attempt given back
       └── expiry ───▶ pending, or failed once max_attempts claims were used (the sweeper)
 
-A claim takes the best ready task (pending, every dependency completed, capabilities covered,
-attempts left; highest priority, then oldest). On PostgreSQL it is one UPDATE whose pick is
-`FOR UPDATE SKIP LOCKED`, so concurrent claimers take different rows without queueing behind
-each other. On SQLite (one writer) the best few candidates are read first, beside the writer,
-and one is taken by an UPDATE that checks its readiness again under the write lock: a claim
-holds the lock for one row, not for the search; losing a race only moves to the next one.
+A claim is one UPDATE whose WHERE picks the best ready task (pending, every dependency
+completed, capabilities covered, attempts left; highest priority, then oldest): on
+PostgreSQL the pick is `FOR UPDATE SKIP LOCKED`, so concurrent claimers take different rows
+without queueing behind each other; on SQLite the statement holds the database's write lock
+(and a process has one connection: db/engine.py).
 Every lease operation is a compare-and-set on (lease id, not expired): a lease that expired or
 was taken over answers 409 LEASE_LOST and changes nothing. The fence grows with every claim,
 so whatever a holder writes elsewhere can carry it and be told apart from an older holder's.
@@ -45,10 +44,6 @@ def new_lease_id() -> str:
 # --- claiming --------------------------------------------------------------------------------
 
 
-# SQLite: how many of the best candidates a claim tries, read before taking the write lock.
-CANDIDATES = 8
-
-
 async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed | None:
     """Claim the best ready task now, or None."""
     db = ctx.db
@@ -73,24 +68,12 @@ async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed 
         .returning(Task.id)
         .execution_options(synchronize_session=False)
     )
-    claimed: str | None = None
-    if db.get_bind().dialect.name == "postgresql":
-        # One statement: the pick skips rows other claimers hold, so nobody queues.
-        pick = best.limit(1).with_for_update(skip_locked=True, of=Task).scalar_subquery()
-        result = await db.execute(take.where(Task.id == pick, *ready))
-        claimed = result.scalar_one_or_none()
-    else:
-        # SQLite has one writer: pick the candidates under a read snapshot (beside the
-        # writer, in WAL mode), then take one with a compare-and-set on its readiness, which
-        # holds the write lock for one row instead of for the whole search.
-        candidates = list((await db.scalars(best.limit(CANDIDATES))).all())
-        await db.rollback()
-        for candidate in candidates:
-            result = await db.execute(take.where(Task.id == candidate, *ready))
-            claimed = result.scalar_one_or_none()
-            if claimed is not None:
-                break
-            await db.rollback()
+    # One statement. PostgreSQL: the pick skips rows other claimers hold, so nobody queues.
+    # SQLite: one writer, and one pooled connection per process (db/engine.py), so the
+    # statement runs alone; it re-checks readiness under the write lock it holds.
+    pick = best.limit(1).with_for_update(skip_locked=True, of=Task).scalar_subquery()
+    result = await db.execute(take.where(Task.id == pick, *ready))
+    claimed = result.scalar_one_or_none()
     if claimed is None:
         await db.rollback()
         return None
