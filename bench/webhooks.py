@@ -21,13 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import secrets
 import sqlite3
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,25 +31,13 @@ import asyncpg
 import httpx
 
 from bench.bridge_load import percentiles
+from bench.service import running_service
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def emit(row: dict[str, Any]) -> None:
     print(json.dumps(row), flush=True)
-
-
-async def wait_ready(url: str, process: asyncio.subprocess.Process, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2) as http:
-        while time.monotonic() < deadline:
-            if process.returncode is not None:
-                raise SystemExit(f"the service exited with {process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise SystemExit("the service did not become ready")
 
 
 async def raw_insert(database_url: str, titles: list[str]) -> None:
@@ -78,60 +61,13 @@ async def raw_insert(database_url: str, titles: list[str]) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from tests.conftest import free_port
     from tests.webhook_receiver import Receiver
 
-    scratch = tempfile.TemporaryDirectory(prefix="cm-bench-webhooks-")
-    database = None
-    if args.postgres_url:
-        database = f"cm_bench_{secrets.token_hex(4)}"
-        admin = await asyncpg.connect(args.postgres_url)
-        await admin.execute(f'CREATE DATABASE "{database}"')
-        await admin.close()
-        base = args.postgres_url.rsplit("/", 1)[0]
-        database_url = f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{database}"
-    else:
-        database_url = f"sqlite+aiosqlite:///{Path(scratch.name) / 'bench.db'}"
-    api_port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "DATABASE_"))},
-        "DATABASE_URL": database_url,
-        "MIGRATE_ON_START": "true",
-        "HOST": "127.0.0.1",
-        "API_PORT": str(api_port),
-        "WS_PORT": str(free_port()),
-        "DASHBOARD_PORT": str(free_port()),
-        "LOG_LEVEL": "warning",
-        "WEBHOOK_ALLOW_PRIVATE": "true",
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "serve",
-        cwd=scratch.name,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    api = f"http://127.0.0.1:{api_port}"
-    try:
-        await wait_ready(api, process)
+    env = {"WEBHOOK_ALLOW_PRIVATE": "true"}
+    async with running_service(args.postgres_url, env) as (api, database_url):
         async with Receiver() as receiver, httpx.AsyncClient(base_url=api, timeout=10) as http:
             await latency(http, receiver, args.latency_samples, database_url)
             await throughput(http, receiver, args.events, args.endpoints, database_url)
-    finally:
-        process.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), 20)
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        if database is not None:
-            admin = await asyncpg.connect(args.postgres_url)
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            await admin.close()
-        scratch.cleanup()
 
 
 async def register(http: httpx.AsyncClient, url: str) -> str:
