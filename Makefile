@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-js lint bench clean
+JS := clients/js
+JS_STAMP := $(JS)/node_modules/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/context-manager serve
 
-test: $(STAMP)
+$(JS_STAMP): $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund
+	touch $(JS_STAMP)
+
+# The JS client's build and its own tests (node's test runner against a server from .venv).
+# Without npm they are skipped, and said so; under CI=true that is a failure.
+test-js: $(STAMP)
+	@if command -v npm >/dev/null; then \
+		$(MAKE) --no-print-directory $(JS_STAMP) && cd $(JS) && npm run build:dist && npm test; \
+	elif [ "$$CI" = true ]; then echo "CI=true and npm is missing" >&2; exit 1; \
+	else echo "npm is not installed: the JS client's tests are skipped"; fi
+
+test: $(STAMP) test-js
 	$(BIN)/ruff check app tests bench clients/python
 	$(BIN)/mypy app clients/python/context_manager_client
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
