@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, text, update
@@ -60,6 +60,16 @@ async def _try_lock(connection: AsyncConnection, key: int) -> bool:
     return bool(got)
 
 
+async def _round(step: Callable[[], Awaitable[object]], what: str) -> None:
+    """One round of a sweeper: a failure is logged, and the next round tries again."""
+    try:
+        await step()
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - the database may be back next round
+        logger.exception("%s failed; retrying next round", what)
+
+
 class MessageSweeper:
     def __init__(
         self,
@@ -90,20 +100,10 @@ class MessageSweeper:
     async def _run(self) -> None:
         next_prune = time.monotonic()
         while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the database may be back next round
-                logger.exception("message sweep failed; retrying next round")
+            await _round(self.sweep, "message sweep")
             if self.events_retention is not None and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + self.prune_interval
-                try:
-                    await self.prune_events()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - same: next round
-                    logger.exception("outbox pruning failed; retrying next round")
+                await _round(self.prune_events, "outbox pruning")
             await asyncio.sleep(self.interval)
 
     # --- message TTL ----------------------------------------------------------------------
@@ -208,12 +208,7 @@ class ExpirySweeper:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the database may be back next round
-                logger.exception("lease/reservation expiry failed; retrying next round")
+            await _round(self.sweep, "lease and reservation expiry")
             await asyncio.sleep(self.interval)
 
     async def sweep(self) -> tuple[int, int]:

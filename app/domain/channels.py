@@ -50,3 +50,23 @@ async def presence(ctx: Context, channel_name: str) -> dict[str, Any]:
         **presence_stats(members),
         "presence": {client_id: info.as_dict() for client_id, info in members.items()},
     }
+
+
+def history_out(channel: Channel, page: HistoryPage) -> dict[str, Any]:
+    """A history read as every door answers it (REST's HistoryOut, MCP's read_channel)."""
+    return {
+        "channel": channel.name,
+        **page.position.as_dict(),
+        "recovered": page.recoverable,
+        "publications": [
+            {
+                "channel": p.channel,
+                "event": p.event,
+                "data": p.data,
+                "timestamp": p.timestamp,
+                "offset": p.offset,
+                "epoch": p.epoch,
+            }
+            for p in page.publications
+        ],
+    }

@@ -573,21 +573,6 @@ def register_tools(server: MCPServer[Any], door: Door) -> None:
                 _, top = await channels.read_history(c, channel, None, 0)
                 since = StreamPosition(since_offset, top.position.epoch)
             readable, page = await channels.read_history(c, channel, since, limit)
-            return {
-                "channel": readable.name,
-                **page.position.as_dict(),
-                "recovered": page.recoverable,
-                "publications": [
-                    {
-                        "channel": p.channel,
-                        "event": p.event,
-                        "data": p.data,
-                        "timestamp": p.timestamp,
-                        "offset": p.offset,
-                        "epoch": p.epoch,
-                    }
-                    for p in page.publications
-                ],
-            }
+            return channels.history_out(readable, page)
 
         return await door.call(ctx, action)

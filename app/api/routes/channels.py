@@ -107,22 +107,7 @@ async def channel_history(
             raise Invalid("since_offset and since_epoch go together", "INVALID_MESSAGE", ("query",))
         since = StreamPosition(since_offset, since_epoch)
     readable, page = await channels.read_history(ctx, channel, since, limit)
-    return {
-        "channel": readable.name,
-        **page.position.as_dict(),
-        "recovered": page.recoverable,
-        "publications": [
-            {
-                "channel": p.channel,
-                "event": p.event,
-                "data": p.data,
-                "timestamp": p.timestamp,
-                "offset": p.offset,
-                "epoch": p.epoch,
-            }
-            for p in page.publications
-        ],
-    }
+    return channels.history_out(readable, page)
 
 
 @router.get("/{channel:path}/presence", response_model=PresenceOut, responses=_ERRORS)
