@@ -29,9 +29,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from app.realtime.presence import ClientInfo
 
@@ -143,9 +140,9 @@ class RedisClusterStore:
             self._client = cluster_client(url)
             prefix = f"{{{prefix}}}"  # one hash slot for every presence key
         else:
-            self._client = aioredis.Redis.from_url(
-                url, socket_connect_timeout=3, socket_timeout=5, retry=Retry(NoBackoff(), 1)
-            )
+            from app.realtime.broker.redis import command_client
+
+            self._client = command_client(url)
         self._prefix = prefix
         self._node = node_id
         self._ttl_ms = int(node_ttl * 1000)

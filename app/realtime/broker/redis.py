@@ -56,6 +56,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -78,6 +79,9 @@ SUBSCRIBE_TIMEOUT = 5.0
 # The listener PINGs this often; no PONG for two intervals means a dead link (no RST seen):
 # a silent network failure is noticed within 10-15 s.
 PING_INTERVAL = 5.0
+# Connections to one Redis per node for commands, and how long a command waits for one.
+POOL_SIZE = 64
+POOL_WAIT = 5.0
 # A stream's hash outlives its entries so that offsets continue across quiet periods.
 META_MIN_TTL = 3600
 
@@ -326,6 +330,26 @@ class _PubSubProtocol(asyncio.Protocol):
 # --- the broker ------------------------------------------------------------------------------
 
 
+def command_client(url: str) -> aioredis.Redis:
+    """A pooled client for scripts and commands, at most POOL_SIZE connections to `url`.
+
+    A burst of more concurrent commands (a thousand clients subscribing at once) waits for a
+    free connection — up to POOL_WAIT seconds — instead of failing with "Too many connections"
+    as redis-py's default pool does past its 100.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=CONNECT_TIMEOUT + 2,
+        # One quick retry on a fresh connection: a pooled socket may predate a restart.
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 def shard_name(url: str) -> str:
     """How logs and /stats name the Redis at `url`: host:port/db, never its password."""
     parts = urlsplit(url)
@@ -390,14 +414,7 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
 
     def _make_client(self) -> aioredis.Redis:
         """The client the scripts run on (pooled)."""
-        return aioredis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=CONNECT_TIMEOUT + 2,
-            # One quick retry on a fresh connection: a pooled socket may predate a restart.
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=30,
-        )
+        return command_client(self._url)
 
     async def _close_client(self, client: aioredis.Redis) -> None:
         await client.aclose()
