@@ -52,9 +52,11 @@ function noteError(text) {
 }
 
 function sourceAddress(i) {
-  // 127.<base + hi>.<mid>.<lo + 1>: perAddress connections per address.
+  // 127.<base + hi>.<mid>.<lo>: perAddress connections per address.
   const a = Math.floor((cfg.first + i) / (cfg.perAddress ?? 50));
-  return `127.${(cfg.addressBase ?? 10) + ((a >> 16) & 0xff)}.${(a >> 8) & 0xff}.${(a & 0xff) + 1}`;
+  const lo = (a % 250) + 1;
+  const mid = Math.floor(a / 250) % 250;
+  return `127.${(cfg.addressBase ?? 10) + Math.floor(a / 62500)}.${mid}.${lo}`;
 }
 
 function onMessage(data) {
