@@ -347,7 +347,7 @@ def command_client(url: str) -> aioredis.Redis:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
 
 
 def shard_name(url: str) -> str:
