@@ -162,9 +162,14 @@ async def main(args: argparse.Namespace) -> int:
     if args.list:
         for scenario in SCENARIOS:
             servers = ", ".join(scenario.servers)
-            print(f"{scenario.name:18} {scenario.summary}  [{servers}]")
+            heavy = "  (heavy: only with --scenario)" if scenario.heavy else ""
+            print(f"{scenario.name:18} {scenario.summary}  [{servers}]{heavy}")
         return 0
-    chosen = [BY_NAME[name] for name in args.scenario] if args.scenario else list(SCENARIOS)
+    chosen = (
+        [BY_NAME[name] for name in args.scenario]
+        if args.scenario
+        else [scenario for scenario in SCENARIOS if not scenario.heavy]
+    )
     servers = tuple(args.server or (REFERENCE, OURS))
     env = dict(item.split("=", 1) for item in args.env)
     pinning = Pinning.detect(not args.no_pin)

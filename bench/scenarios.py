@@ -21,6 +21,7 @@ from typing import Any
 from bench.loadgen import Phase, node_argv, run_load
 from bench.procfs import cpu_percent, other_on_core_percent, sample
 from bench.profile import Profiler, summarize
+from bench.scale import cluster, connections_100k
 from bench.servers import OURS, REFERENCE, ROOT, Pinning, RunningServer, run_server
 
 Row = dict[str, Any]
@@ -65,6 +66,8 @@ class Scenario:
     servers: tuple[str, ...] = (REFERENCE, OURS)
     rounds: int = 1
     score: Callable[[Row], float] = most_delivered
+    # Minutes of load and gigabytes of memory: run only when named with --scenario.
+    heavy: bool = False
 
 
 def _window(phases: dict[str, Phase]) -> dict[str, Any]:
@@ -396,5 +399,19 @@ SCENARIOS: tuple[Scenario, ...] = (
         (OURS,),
     ),
     Scenario("metrics-cost", "metric.update with a million rows", metrics_cost, (OURS,)),
+    Scenario(
+        "connections-100k",
+        "100,000 idle connections on one node: memory, open, broadcast, 10,000 channels",
+        connections_100k,
+        (OURS,),
+        heavy=True,
+    ),
+    Scenario(
+        "cluster",
+        "2 and 4 ws nodes on 1 and 2 Redis shards: deliveries/s, p99, Redis CPU",
+        cluster,
+        (OURS,),
+        heavy=True,
+    ),
 )
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

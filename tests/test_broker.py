@@ -1,9 +1,12 @@
 """The broker contract: one test body per behaviour, run against every backend.
 
 memory is the embedded default; redis and postgres are the multi-node brokers, each run with a
-key prefix / namespace of its own so that parallel tests never see each other's channels.
-A multi-node broker can also be built behind a TCP proxy that black-holes its traffic
-(`Partition`), to cut one node off while another publishes, then let it come back.
+key prefix / namespace of its own so that parallel tests never see each other's channels;
+redis-sharded is the Redis broker over two private redis-servers (channels hashed over them),
+redis-cluster over a private 3-master Redis Cluster (sharded pub/sub).
+A multi-node broker can also be built behind TCP proxies that black-hole its traffic
+(`Partition`, one per server), to cut one node off while another publishes, then let it come
+back.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,11 +22,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from app.core.config import Settings
-from app.realtime.broker.base import Broker, StreamReset
+from app.realtime.broker.base import Broker, DuplicatePublication, StreamReset
 from app.realtime.history import HistoryPolicies, StreamPosition
 from app.realtime.protocol import ResetReason
 from app.realtime.publication import Publication
 from tests.conftest import SettingsFactory
+from tests.redis_servers import RedisProcess, redis_cluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,12 +89,13 @@ class Backend:
     name: str
     multi_node: bool
     # Build and start a broker as node `node_id` with the given settings overrides; with
-    # `port`, it reaches its server on that port instead (a Partition in front of it).
+    # `ports`, it reaches its servers on those ports instead (Partitions in front of them).
     make: Callable[..., Awaitable[tuple[Broker, Recorder]]]
     # Lose every channel's history and position, as a Redis flush or restart would.
     lose_history: Callable[[], Awaitable[None]]
-    # The server's port (what a Partition forwards to); 0 for the in-process broker.
-    port: int = 0
+    # The servers' ports (what Partitions forward to); none for the in-process broker, and
+    # none for a Redis Cluster, whose nodes announce their own addresses to the client.
+    ports: list[int] = field(default_factory=list)
     # Put a channel's stream back to an offset under the same epoch, as a restore from an
     # older snapshot does (multi-node brokers only).
     roll_back: Callable[[str, int], Awaitable[None]] | None = None
@@ -115,45 +120,100 @@ def _publication(channel: str, seq: int, **data: Any) -> Publication:
     return Publication(channel, "note.added", {"seq": seq, **data}, 1_700_000_000_000 + seq)
 
 
-async def _redis_backend(make_settings: SettingsFactory, redis_url: str) -> AsyncIterator[Backend]:
+async def _redis_backend(
+    make_settings: SettingsFactory, urls: list[str], name: str = "redis"
+) -> AsyncIterator[Backend]:
+    """The Redis broker on one Redis, or sharded over several (one URL each)."""
     import redis.asyncio as aioredis
 
     from app.realtime.broker.redis import RedisBroker
+    from app.realtime.broker.redis_sharded import ShardedRedisBroker
 
     prefix = f"t{secrets.token_hex(5)}"
-    client = aioredis.Redis.from_url(redis_url)
+    clients = [aioredis.Redis.from_url(url) for url in urls]
 
     async def make(
-        node_id: str, port: int | None = None, **overrides: Any
+        node_id: str, ports: list[int] | None = None, **overrides: Any
     ) -> tuple[Broker, Recorder]:
         settings: Settings = make_settings(**overrides)
-        broker = RedisBroker(node_id, HistoryPolicies(settings), _via_port(redis_url, port), prefix)
+        policies = HistoryPolicies(settings)
+        via = ports or [None] * len(urls)
+        shards = [
+            RedisBroker(node_id, policies, _via_port(url, port), prefix)
+            for url, port in zip(urls, via, strict=True)
+        ]
+        if len(shards) > 1:
+            # Named by the real servers, so that a node behind proxies hashes alike.
+            for shard, url in zip(shards, urls, strict=True):
+                shard.name = url
+        broker: Broker = shards[0] if len(shards) == 1 else ShardedRedisBroker.over(shards)
         recorder = Recorder()
         await broker.start(recorder)
         backend.brokers.append(broker)
         return broker, recorder
 
     async def lose_history() -> None:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
+        for client in clients:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+            if keys:
+                await client.delete(*keys)
 
     async def roll_back(channel: str, offset: int) -> None:
         meta, stream = f"{prefix}:{{{channel}}}:m", f"{prefix}:{{{channel}}}:s"
-        kept = await client.xrange(stream, "-", f"{offset}-0")
-        await client.delete(stream)  # the stream's last id goes back too, as in the snapshot
-        for entry_id, fields in kept:
-            await client.xadd(stream, fields, id=entry_id)
-        await client.hset(meta, "o", offset)
+        for client in clients:
+            if not await client.exists(meta):
+                continue
+            kept = await client.xrange(stream, "-", f"{offset}-0")
+            await client.delete(stream)  # the stream's last id goes back too, as in the snapshot
+            for entry_id, fields in kept:
+                await client.xadd(stream, fields, id=entry_id)
+            await client.hset(meta, "o", offset)
 
-    backend = Backend("redis", True, make, lose_history, _port_of(redis_url, 6379), roll_back)
+    ports = [_port_of(url, 6379) for url in urls]
+    backend = Backend(name, True, make, lose_history, ports, roll_back)
     try:
         yield backend
     finally:
         for broker in backend.brokers:
             await broker.close()
         await lose_history()
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
+
+
+async def _redis_cluster_backend(
+    make_settings: SettingsFactory, url: str, ports: list[int]
+) -> AsyncIterator[Backend]:
+    import redis.asyncio as aioredis
+
+    from app.realtime.broker.redis_cluster import RedisClusterBroker
+
+    prefix = f"t{secrets.token_hex(5)}"
+    # One plain client per master: each deletes the keys it holds.
+    clients = [aioredis.Redis(port=port) for port in ports]
+
+    async def make(node_id: str, **overrides: Any) -> tuple[Broker, Recorder]:
+        settings: Settings = make_settings(**overrides)
+        broker = RedisClusterBroker(node_id, HistoryPolicies(settings), url, prefix)
+        recorder = Recorder()
+        await broker.start(recorder)
+        backend.brokers.append(broker)
+        return broker, recorder
+
+    async def lose_history() -> None:
+        for client in clients:
+            async for key in client.scan_iter(match=f"{prefix}:*", count=500):
+                await client.delete(key)
+
+    backend = Backend("redis-cluster", True, make, lose_history)
+    try:
+        yield backend
+    finally:
+        for broker in backend.brokers:
+            await broker.close()
+        await lose_history()
+        for client in clients:
+            await client.aclose()
 
 
 async def _memory_backend(make_settings: SettingsFactory) -> AsyncIterator[Backend]:
@@ -188,8 +248,9 @@ async def _postgres_backend(
     namespace = f"t{secrets.token_hex(5)}"
 
     async def make(
-        node_id: str, port: int | None = None, **overrides: Any
+        node_id: str, ports: list[int] | None = None, **overrides: Any
     ) -> tuple[Broker, Recorder]:
+        port = ports[0] if ports else None
         settings: Settings = make_settings(database_url=_via_port(postgres_url, port), **overrides)
         broker = PostgresBroker(
             node_id, HistoryPolicies(settings), settings.database_url, namespace
@@ -225,7 +286,9 @@ async def _postgres_backend(
         finally:
             await connection.close()
 
-    backend = Backend("postgres", True, make, lose_history, _port_of(postgres_url, 5432), roll_back)
+    backend = Backend(
+        "postgres", True, make, lose_history, [_port_of(postgres_url, 5432)], roll_back
+    )
     try:
         yield backend
     finally:
@@ -234,14 +297,42 @@ async def _postgres_backend(
         await lose_history()
 
 
-@pytest.fixture(params=["memory", "redis", "postgres"])
+@pytest.fixture(scope="module")
+def redis_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisProcess]]:
+    """Two private redis-servers, the shards of the redis-sharded backend (one per module)."""
+    servers = [RedisProcess(tmp_path_factory.mktemp("shards")) for _ in range(2)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisProcess]]:
+    """A private 3-master Redis Cluster (one per module)."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
+
+
+@pytest.fixture(params=["memory", "redis", "redis-sharded", "redis-cluster", "postgres"])
 async def backend(
     request: pytest.FixtureRequest, make_settings: SettingsFactory
 ) -> AsyncIterator[Backend]:
+    factory: AsyncIterator[Backend]
     if request.param == "memory":
         factory = _memory_backend(make_settings)
     elif request.param == "redis":
-        factory = _redis_backend(make_settings, request.getfixturevalue("redis_url"))
+        factory = _redis_backend(make_settings, [request.getfixturevalue("redis_url")])
+    elif request.param == "redis-sharded":
+        servers = request.getfixturevalue("redis_shards")
+        factory = _redis_backend(make_settings, [s.url for s in servers], "redis-sharded")
+    elif request.param == "redis-cluster":
+        nodes = request.getfixturevalue("private_cluster")
+        url = f"{nodes[0].url}?cluster=true"
+        factory = _redis_cluster_backend(make_settings, url, [n.port for n in nodes])
     else:
         factory = _postgres_backend(make_settings, request.getfixturevalue("migrated_postgres_url"))
     async for value in factory:
@@ -420,27 +511,137 @@ async def test_large_payloads_are_carried_whole(backend: Backend) -> None:
     assert (await broker.history("topics/big")).publications[0].data["blob"] == blob
 
 
+# --- idempotency keys ------------------------------------------------------------------------
+
+
+async def test_a_repeated_idempotency_key_is_answered_with_the_first_offset(
+    backend: Backend,
+) -> None:
+    broker, seen = await backend.make("n1")
+    await broker.subscribe("topics/idem")
+    first = await broker.publish(_publication("topics/idem", 0), "key-1")
+    assert first.offset == 1
+    with pytest.raises(DuplicatePublication) as repeat:
+        await broker.publish(_publication("topics/idem", 1), "key-1")
+    assert repeat.value.position == StreamPosition(1, first.epoch)
+    # Another key, or no key, publishes; the duplicate took no offset.
+    assert (await broker.publish(_publication("topics/idem", 2), "key-2")).offset == 2
+    assert (await broker.publish(_publication("topics/idem", 3))).offset == 3
+    with pytest.raises(DuplicatePublication) as again:
+        await broker.publish(_publication("topics/idem", 4), "key-2")
+    assert again.value.position.offset == 2
+    # Keys are per channel: the same key elsewhere is a first.
+    assert (await broker.publish(_publication("topics/other", 0), "key-1")).offset == 1
+
+    await seen.until_count("topics/idem", 3)
+    await broker.publish(_publication("topics/idem", 5))
+    await seen.until_count("topics/idem", 4)
+    assert [p.data["seq"] for p in seen.on("topics/idem")] == [0, 2, 3, 5]
+    page = await broker.history("topics/idem")
+    assert [p.data["seq"] for p in page.publications] == [0, 2, 3, 5]
+
+
+async def test_an_idempotency_key_counts_within_the_history_ttl_and_epoch(
+    backend: Backend,
+) -> None:
+    broker, _ = await backend.make("n1", history_topics_ttl=1)
+    first = await broker.publish(_publication("topics/idem-ttl", 0), "k")
+    with pytest.raises(DuplicatePublication):
+        await broker.publish(_publication("topics/idem-ttl", 1), "k")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        try:
+            later = await broker.publish(_publication("topics/idem-ttl", 2), "k")
+            break
+        except DuplicatePublication:
+            assert loop.time() < deadline, "the key outlived the history TTL"
+            await asyncio.sleep(0.2)
+    assert later.offset == first.offset + 1
+
+    # History lost (a new epoch): the key goes with it.
+    await broker.publish(_publication("agents/idem", 0), "k")
+    await backend.lose_history()
+    fresh = await broker.publish(_publication("agents/idem", 1), "k")
+    assert fresh.offset == 1
+
+
+async def test_one_idempotency_key_from_two_nodes_at_once_publishes_once(
+    backend: Backend,
+) -> None:
+    if not backend.multi_node:
+        pytest.skip("the in-process broker has one node")
+    (a, seen_a), (b, _) = await backend.make("a"), await backend.make("b")
+    await a.subscribe("sessions/idem")
+
+    async def attempt(broker: Broker, n: int, key: str) -> int | StreamPosition:
+        try:
+            return (await broker.publish(_publication("sessions/idem", n), key)).offset
+        except DuplicatePublication as duplicate:
+            return duplicate.position
+
+    for round_ in range(10):
+        key = f"retry-{round_}"
+        results = await asyncio.gather(*(attempt(x, round_, key) for x in (a, b, a, b)))
+        offsets = [r for r in results if isinstance(r, int)]
+        duplicates = [r for r in results if isinstance(r, StreamPosition)]
+        assert len(offsets) == 1, results
+        assert {d.offset for d in duplicates} == set(offsets)
+    await seen_a.until_count("sessions/idem", 10)
+    await a.publish(_publication("sessions/idem", 99))
+    await seen_a.until_count("sessions/idem", 11)
+    assert [p.offset for p in seen_a.on("sessions/idem")] == list(range(1, 12))
+
+
 # --- a node cut off while the others publish -----------------------------------------------------
+
+
+class Partitions:
+    """One Partition per server of a broker, cut and healed together."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.members = [Partition(port) for port in ports]
+
+    @property
+    def ports(self) -> list[int]:
+        return [member.port for member in self.members]
+
+    @property
+    def cut(self) -> bool:
+        return all(member.cut for member in self.members)
+
+    @cut.setter
+    def cut(self, value: bool) -> None:
+        for member in self.members:
+            member.cut = value
+
+    def heal(self) -> None:
+        for member in self.members:
+            member.heal()
 
 
 @contextlib.asynccontextmanager
 async def _behind_partition(
     backend: Backend, node_id: str, **overrides: Any
-) -> AsyncIterator[tuple[Broker, Recorder, Partition]]:
+) -> AsyncIterator[tuple[Broker, Recorder, Partitions]]:
     """A broker of `backend` whose every connection goes through a Partition."""
     if not backend.multi_node:
         pytest.skip("the in-process broker has no link to lose")
-    partition = Partition(backend.port)
-    await partition.start()
+    if not backend.ports:
+        pytest.skip("a Redis Cluster client reaches the addresses the masters announce")
+    partitions = Partitions(backend.ports)
+    for member in partitions.members:
+        await member.start()
     try:
-        broker, seen = await backend.make(node_id, port=partition.port, **overrides)
+        broker, seen = await backend.make(node_id, ports=partitions.ports, **overrides)
         try:
-            yield broker, seen, partition
+            yield broker, seen, partitions
         finally:
             backend.brokers.remove(broker)
             await broker.close()
     finally:
-        await partition.close()
+        for member in partitions.members:
+            await member.close()
 
 
 async def test_a_node_cut_off_across_a_history_loss_is_told_then_gets_the_new_epoch(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,7 +35,18 @@ class Settings(BaseSettings):
         DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL; postgresql:// is accepted and mapped to asyncpg.",
     )
-    redis_url: str | None = Field(None, description="Redis URL: enables the Redis broker.")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL: enables the Redis broker. Several, comma-separated: shards; "
+        "`?cluster=true`: a Redis Cluster node.",
+    )
+    redis_shards: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Redis URLs to shard channels over (comma-separated; instead of REDIS_URL).",
+    )
+    redis_cluster_url: str | None = Field(
+        None, description="A Redis Cluster node's URL: shard over its masters, sharded pub/sub."
+    )
     broker: Literal["auto", "memory", "redis", "postgres"] = Field(
         "auto", description="Fan-out between nodes; auto = redis when REDIS_URL is set."
     )
@@ -257,6 +269,40 @@ class Settings(BaseSettings):
             return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("redis_shards", mode="before")
+    @classmethod
+    def _split_shards(cls, value: object) -> object:
+        """REDIS_SHARDS is a comma-separated list (or a JSON list)."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> Settings:
+        """One Redis topology at a time, with URLs a Redis client understands."""
+        given = [
+            name
+            for name, value in (
+                ("REDIS_URL", self.redis_url),
+                ("REDIS_SHARDS", self.redis_shards),
+                ("REDIS_CLUSTER_URL", self.redis_cluster_url),
+            )
+            if value
+        ]
+        if len(given) > 1:
+            raise ValueError(f"set one of {' and '.join(given)}, not both")
+        urls = self.redis_shard_urls or ([self.redis_cluster] if self.redis_cluster else [])
+        for url in urls:
+            if urlsplit(url).scheme not in ("redis", "rediss"):
+                raise ValueError(f"not a redis:// or rediss:// URL: {url!r}")
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same Redis is listed twice among the shards")
+        if self.redis_url and "," in self.redis_url and "cluster=true" in self.redis_url:
+            raise ValueError("REDIS_URL: a Redis Cluster is named by one node's URL, not a list")
+        return self
+
     @model_validator(mode="after")
     def _check_trust(self) -> Settings:
         """Pick the auth mode for HOST and refuse unsafe combinations, saying what to set."""
@@ -343,10 +389,29 @@ class Settings(BaseSettings):
         return parse_retry_schedule(self.webhook_retry_schedule)
 
     @property
+    def redis_cluster(self) -> str | None:
+        """The Redis Cluster node to discover the cluster from, if the broker runs on one."""
+        if self.redis_cluster_url:
+            return self.redis_cluster_url
+        url = self.redis_url
+        if url and "," not in url and ("cluster", "true") in parse_qsl(urlsplit(url).query):
+            return url
+        return None
+
+    @property
+    def redis_shard_urls(self) -> list[str]:
+        """The standalone Redis instances channels are sharded over (one: no sharding)."""
+        if self.redis_shards:
+            return list(self.redis_shards)
+        if self.redis_url and self.redis_cluster is None:
+            return [part.strip() for part in self.redis_url.split(",") if part.strip()]
+        return []
+
+    @property
     def broker_kind(self) -> Literal["memory", "redis", "postgres"]:
         if self.broker != "auto":
             return self.broker
-        return "redis" if self.redis_url else "memory"
+        return "redis" if self.redis_shard_urls or self.redis_cluster else "memory"
 
 
 def parse_retry_schedule(value: str) -> tuple[float, ...]:

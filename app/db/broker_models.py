@@ -8,6 +8,8 @@ cluster's `namespace` (BROKER_PREFIX), so clusters — and parallel tests — ca
     broker_streams        one row per channel: its epoch and last offset
     broker_publications   retained publications (history), and the carrier of payloads too
                           large for NOTIFY's 8000 bytes
+    broker_idempotency    a publish's idempotency key → the offset it got, until it expires
+                          (migration 0006)
     cluster_nodes         one row per live node, its heartbeat
     cluster_agents        which node holds at least one connection of which agent
     cluster_clients       channel presence: who is subscribed where
@@ -50,6 +52,18 @@ broker_publications = Table(
     _now_column("created_at"),
     Index("ix_broker_publications_stream", "namespace", "channel", "epoch", "offset", unique=True),
     Index("ix_broker_publications_created_at", "created_at"),
+)
+
+broker_idempotency = Table(
+    "broker_idempotency",
+    metadata,
+    Column("namespace", Text, primary_key=True),
+    Column("channel", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("epoch", Text, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_broker_idempotency_expires_at", "namespace", "expires_at"),
 )
 
 cluster_nodes = Table(

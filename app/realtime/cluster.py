@@ -230,11 +230,18 @@ def create_cluster(settings: Settings, node_id: str) -> Cluster | None:
     """The cluster presence for the configured broker; None for the single-node default."""
     kind = settings.broker_kind
     store: ClusterStore
-    if kind == "redis" and settings.redis_url:
+    if kind == "redis" and (settings.redis_cluster or settings.redis_shard_urls):
         from app.realtime.presence_redis import RedisClusterStore
 
+        # Presence is not sharded: the first shard, or one slot of the cluster (see
+        # presence_redis.py for why).
+        cluster_url = settings.redis_cluster
         store = RedisClusterStore(
-            settings.redis_url, settings.broker_prefix, node_id, settings.node_ttl
+            cluster_url or settings.redis_shard_urls[0],
+            settings.broker_prefix,
+            node_id,
+            settings.node_ttl,
+            cluster=cluster_url is not None,
         )
     elif kind == "postgres":
         from app.realtime.presence_postgres import PostgresClusterStore

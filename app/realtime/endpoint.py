@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from app.core.security import Identity, Role, TokenError, bearer_token
+from app.realtime.broker.base import MAX_IDEMPOTENCY_KEY, DuplicatePublication
 from app.realtime.channels import ChannelKind, check_event, is_valid_id, parse_channel
 from app.realtime.connection import Connection
 from app.realtime.frames import Frame
@@ -219,8 +220,20 @@ class Conversation:
     async def _publish(self, message: dict[str, Any], rid: RequestId | None) -> None:
         channel = parse_channel(require_str(message, "channel"))
         event = check_event(require_str(message, "event"))
+        key = optional_str(message, "idempotency_key")
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"Field 'idempotency_key' must have 1 to {MAX_IDEMPOTENCY_KEY} characters",
+            )
         connection = self.connection
         direct = event == "message.new" and channel.kind is ChannelKind.AGENT
+        if direct and key is not None:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                "A direct message takes no 'idempotency_key': POST /api/messages with an "
+                "Idempotency-Key header deduplicates messages",
+            )
         if not direct:
             self.manager.permissions.check_publish(connection, channel, event)
         bucket = connection.publish_bucket
@@ -241,9 +254,14 @@ class Conversation:
             if message_id is not None:
                 self.ack(rid, {"channel": channel.name, "message_id": message_id})
                 return
-        publication = await self.manager.publish(
-            channel.name, event, message.get("data"), encodable=True
-        )
+        try:
+            publication = await self.manager.publish(
+                channel.name, event, message.get("data"), encodable=True, idempotency_key=key
+            )
+        except DuplicatePublication as duplicate:
+            offset = duplicate.position.offset
+            self.ack(rid, {"channel": channel.name, "offset": offset, "duplicate": True})
+            return
         self.ack(rid, {"channel": channel.name, "offset": publication.offset})
 
     async def _auth(self, message: dict[str, Any], rid: RequestId | None) -> None:

@@ -370,19 +370,22 @@ class ConnectionManager:
         timestamp: int | None = None,
         *,
         encodable: bool = False,
+        idempotency_key: str | None = None,
     ) -> Publication:
         """Publish on a channel through the broker (all nodes). The channel must be valid.
 
         `encodable=True` vouches that `data` came from the JSON decoder under the protocol's
         nesting limit (a client's publish: the hot path); anything else is made encodable
-        first, so a strange row written by raw SQL can never jam the bridge.
+        first, so a strange row written by raw SQL can never jam the bridge. With
+        `idempotency_key`, a repeat of a key the channel accepted within its history TTL raises
+        `DuplicatePublication` (broker/base.py) and publishes nothing.
         """
         if not encodable:
             data = ensure_encodable(data)
         publication = Publication(
             channel, event, data, timestamp if timestamp is not None else now_ms()
         )
-        publication = await self.broker.publish(publication)
+        publication = await self.broker.publish(publication, idempotency_key)
         self.stats.publications += 1
         self.stats.publication_rate.mark()
         return publication

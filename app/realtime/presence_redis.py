@@ -12,17 +12,23 @@ Keys, under BROKER_PREFIX::
 
 Each change is one Lua script, so "first anywhere" and "last anywhere" are decided atomically
 against every other node, and a dead node's agents are removed — and reported — exactly once.
-Time comes from Redis (`TIME`), so the nodes' clocks never have to agree. The scripts touch keys
-they compute from the prefix, which a single Redis (or Sentinel) allows; Redis Cluster is not
-supported.
+Time comes from Redis (`TIME`), so the nodes' clocks never have to agree.
+
+Presence is not sharded. Its scripts touch keys they compute from the prefix (a dead node's
+agents and channel entries, in one atomic sweep), which needs every presence key on one
+server; and it is small and slow-moving — an entry per connection and subscription, written
+when they open and close, never per publication — so one server carries it for any cluster
+the broker's shards carry. With REDIS_SHARDS it lives on the first shard (its outage stops
+heartbeats and presence changes, not publications on the other shards); on Redis Cluster
+every presence key carries the hash tag ``{cm}`` (the prefix in braces), so all of them are
+in one slot, on one master, and the same scripts run there (docs/scaling.md).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from app.realtime.presence import ClientInfo
 
@@ -90,6 +96,27 @@ end
 return gone
 """
 
+# KEYS: the channel's presence hash, the node's clients set. ARGV: client id, info, entry.
+JOIN_SCRIPT = """
+redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
+return redis.call("sadd", KEYS[2], ARGV[3])
+"""
+
+LEAVE_SCRIPT = """
+redis.call("hdel", KEYS[1], ARGV[1])
+return redis.call("srem", KEYS[2], ARGV[2])
+"""
+
+# KEYS: the online set. ARGV: prefix. Returns agent, its nodes (a list), agent, ...
+ONLINE_AGENTS_SCRIPT = """
+local out = {}
+for _, agent in ipairs(redis.call("smembers", KEYS[1])) do
+  table.insert(out, agent)
+  table.insert(out, redis.call("smembers", ARGV[1] .. ":agent:" .. agent))
+end
+return out
+"""
+
 LIVE_NODES_SCRIPT = f"""
 {_NOW}
 return redis.call("zrangebyscore", KEYS[1], now - tonumber(ARGV[1]), "+inf")
@@ -103,10 +130,19 @@ def _text(value: bytes | str) -> str:
 class RedisClusterStore:
     """`ClusterStore` and `PresenceStore` over Redis (see the module docstring)."""
 
-    def __init__(self, url: str, prefix: str, node_id: str, node_ttl: float) -> None:
-        self._client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=3, socket_timeout=5, retry=Retry(NoBackoff(), 1)
-        )
+    def __init__(
+        self, url: str, prefix: str, node_id: str, node_ttl: float, cluster: bool = False
+    ) -> None:
+        self._client: Any
+        if cluster:
+            from app.realtime.broker.redis_cluster import cluster_client
+
+            self._client = cluster_client(url)
+            prefix = f"{{{prefix}}}"  # one hash slot for every presence key
+        else:
+            from app.realtime.broker.redis import command_client
+
+            self._client = command_client(url)
         self._prefix = prefix
         self._node = node_id
         self._ttl_ms = int(node_ttl * 1000)
@@ -119,6 +155,9 @@ class RedisClusterStore:
         self._offline = self._client.register_script(AGENT_OFFLINE_SCRIPT)
         self._sweep = self._client.register_script(SWEEP_SCRIPT)
         self._live = self._client.register_script(LIVE_NODES_SCRIPT)
+        self._join = self._client.register_script(JOIN_SCRIPT)
+        self._leave = self._client.register_script(LEAVE_SCRIPT)
+        self._online_agents = self._client.register_script(ONLINE_AGENTS_SCRIPT)
 
     def _agent_key(self, agent_id: str) -> str:
         return f"{self._prefix}:agent:{agent_id}"
@@ -148,34 +187,27 @@ class RedisClusterStore:
         return bool(await self._client.set(key, self._node, nx=True, px=int(seconds * 1000)))
 
     async def online_agents(self) -> dict[str, list[str]]:
-        agents = sorted(_text(m) for m in await self._client.smembers(self._online_key))
-        if not agents:
-            return {}
-        async with self._client.pipeline(transaction=False) as pipe:
-            for agent in agents:
-                pipe.smembers(self._agent_key(agent))
-            holders = await pipe.execute()
-        return {
-            agent: sorted(n.decode() for n in nodes)
-            for agent, nodes in zip(agents, holders, strict=True)
-            if nodes
+        flat = await self._online_agents(keys=[self._online_key], args=[self._prefix])
+        agents = {
+            _text(flat[i]): sorted(_text(n) for n in flat[i + 1]) for i in range(0, len(flat), 2)
         }
+        return {agent: nodes for agent, nodes in sorted(agents.items()) if nodes}
 
     async def live_nodes(self) -> list[str]:
         nodes = await self._live(keys=[self._nodes_key], args=[self._ttl_ms])
         return [n.decode() for n in nodes]
 
     async def join(self, channel: str, info: ClientInfo) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(self._presence_key(channel), info.client_id, orjson.dumps(info.as_dict()))
-            pipe.sadd(self._node_clients, f"{channel}\n{info.client_id}")
-            await pipe.execute()
+        await self._join(
+            keys=[self._presence_key(channel), self._node_clients],
+            args=[info.client_id, orjson.dumps(info.as_dict()), f"{channel}\n{info.client_id}"],
+        )
 
     async def leave(self, channel: str, client_id: str) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hdel(self._presence_key(channel), client_id)
-            pipe.srem(self._node_clients, f"{channel}\n{client_id}")
-            await pipe.execute()
+        await self._leave(
+            keys=[self._presence_key(channel), self._node_clients],
+            args=[client_id, f"{channel}\n{client_id}"],
+        )
 
     async def members(self, channel: str) -> dict[str, ClientInfo]:
         raw = await self._client.hgetall(self._presence_key(channel))

@@ -5,6 +5,12 @@ subscribe; the broker calls `BrokerHandler.handle_publication` once per publicat
 and `handle_reset` when it knows the node missed publications it cannot deliver any more.
 A broker also owns each channel's stream position (offset + epoch) and retained history, so
 that offsets are assigned in one place for the whole cluster (see history.py).
+
+A publish may carry an idempotency key: a second publish on the same channel with a key the
+broker accepted within the channel's history TTL publishes nothing and raises
+`DuplicatePublication` with the first one's position. The broker decides it atomically with the
+offset (one Redis script, one PostgreSQL transaction), so two nodes retrying the same key at
+once publish it once.
 """
 
 from __future__ import annotations
@@ -45,6 +51,23 @@ class StreamReset:
         return frame
 
 
+# Longest idempotency key a client may send (characters); the broker keeps one per channel and
+# key for the history TTL, so the bound is what a client can make the server hold per publish.
+MAX_IDEMPOTENCY_KEY = 128
+
+
+class DuplicatePublication(Exception):  # noqa: N818 - an outcome, not a failure
+    """The publish repeated an idempotency key accepted on `channel`: nothing was published.
+
+    `position` is where the first publication with that key went (its offset and epoch).
+    """
+
+    def __init__(self, channel: str, position: StreamPosition) -> None:
+        super().__init__(f"duplicate publication on {channel} (offset {position.offset})")
+        self.channel = channel
+        self.position = position
+
+
 class BrokerHandler(Protocol):
     def handle_publication(self, publication: Publication) -> None:
         """Deliver a publication to this node's subscribers. Must not block."""
@@ -64,8 +87,14 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Disconnect; no callbacks after this returns."""
 
-    async def publish(self, publication: Publication) -> Publication:
-        """Assign offset and epoch, append to history, deliver to every node; return it."""
+    async def publish(
+        self, publication: Publication, idempotency_key: str | None = None
+    ) -> Publication:
+        """Assign offset and epoch, append to history, deliver to every node; return it.
+
+        With `idempotency_key`: when the channel accepted that key within its history TTL (in
+        the same epoch), raise `DuplicatePublication` instead, publishing nothing.
+        """
 
     async def subscribe(self, channel: str) -> None:
         """Start receiving publications on `channel` (called once per channel per node)."""

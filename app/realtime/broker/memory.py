@@ -4,6 +4,9 @@ Each channel has a stream: an epoch chosen when the stream is created (so a rest
 new epoch), an offset counter, and a ring of retained publications trimmed by the channel
 kind's size and age (HISTORY_* settings). Streams idle for longer than their retention are
 dropped by a periodic sweep; publishing there again starts a new epoch.
+
+Idempotency keys live in the stream too: key → (offset, expiry), for the kind's history TTL,
+at most IDEMPOTENCY_KEYS per channel (the oldest go first), dropped with the stream.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import collections
 import time
 
 from app.core.tasks import cancel_and_wait
-from app.realtime.broker.base import BrokerHandler
+from app.realtime.broker.base import BrokerHandler, DuplicatePublication
 from app.realtime.history import (
     HistoryPage,
     HistoryPolicies,
@@ -25,10 +28,12 @@ from app.realtime.history import (
 from app.realtime.publication import Publication
 
 SWEEP_SECONDS = 60.0
+# Idempotency keys remembered per channel: a bound on what clients can make a node hold.
+IDEMPOTENCY_KEYS = 10_000
 
 
 class _Stream:
-    __slots__ = ("epoch", "offset", "policy", "entries", "last_publish")
+    __slots__ = ("epoch", "offset", "policy", "entries", "last_publish", "keys")
 
     def __init__(self, policy: HistoryPolicy) -> None:
         self.epoch = new_epoch()
@@ -37,6 +42,29 @@ class _Stream:
         # (monotonic time of publish, publication), oldest first.
         self.entries: collections.deque[tuple[float, Publication]] = collections.deque()
         self.last_publish = time.monotonic()
+        # Idempotency key → (offset, monotonic expiry), oldest first; made on first use.
+        self.keys: collections.OrderedDict[str, tuple[int, float]] | None = None
+
+    def first_with(self, key: str, now: float) -> int | None:
+        """The offset `key` was accepted at, if it still counts (within the TTL)."""
+        keys = self.keys
+        if keys is None:
+            return None
+        while keys:  # expired keys go first: they are the oldest
+            oldest = next(iter(keys.values()))
+            if oldest[1] > now:
+                break
+            keys.popitem(last=False)
+        first = keys.get(key)
+        return first[0] if first is not None else None
+
+    def remember(self, key: str, offset: int, now: float) -> None:
+        keys = self.keys
+        if keys is None:
+            keys = self.keys = collections.OrderedDict()
+        keys[key] = (offset, now + self.policy.ttl)
+        if len(keys) > IDEMPOTENCY_KEYS:
+            keys.popitem(last=False)
 
     def trim(self, now: float) -> None:
         entries = self.entries
@@ -74,13 +102,20 @@ class MemoryBroker:
             stream = self._streams[channel] = _Stream(self._policies.for_channel(channel))
         return stream
 
-    async def publish(self, publication: Publication) -> Publication:
+    async def publish(
+        self, publication: Publication, idempotency_key: str | None = None
+    ) -> Publication:
         stream = self._stream(publication.channel)
+        now = time.monotonic()
+        if idempotency_key is not None:
+            first = stream.first_with(idempotency_key, now)
+            if first is not None:
+                raise DuplicatePublication(publication.channel, StreamPosition(first, stream.epoch))
+            stream.remember(idempotency_key, stream.offset + 1, now)
         stream.offset += 1
         publication.offset = stream.offset
         publication.epoch = stream.epoch
         publication.origin = self._node_id
-        now = time.monotonic()
         stream.last_publish = now
         if stream.policy.size:
             stream.entries.append((now, publication))
@@ -110,6 +145,8 @@ class MemoryBroker:
         for channel in list(self._streams):
             stream = self._streams[channel]
             stream.trim(now)
+            if stream.keys is not None:
+                stream.first_with("", now)  # drops the expired keys
             if not stream.entries and now - stream.last_publish > max(stream.policy.ttl, 3600):
                 del self._streams[channel]
 

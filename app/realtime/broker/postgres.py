@@ -23,6 +23,13 @@ team runs. Like the Redis broker, a node's own publications come back through NO
 order for all nodes), and after a lost connection the node reconnects with capped, jittered
 backoff, LISTENs again, and wins back what it missed from the table (resume.py).
 
+A publish with an idempotency key runs in one transaction of two statements. The first claims
+the key in `broker_idempotency` (INSERT … ON CONFLICT on its primary key): a second publisher
+of the same key waits on the first's uncommitted row, then sees it committed — the first
+publication's offset — and publishes nothing; a fresh claim (or one past its expiry) goes on,
+in the same statement, to the stream, the row and the NOTIFY as above. The second statement
+writes the offset into the claimed key row, before the commit that makes both visible.
+
 History rows are trimmed by a periodic cleanup (every CLEANUP_SECONDS on one node at a time,
 under a transaction-scoped advisory lock); reads apply the size and age limits themselves.
 """
@@ -41,7 +48,7 @@ import orjson
 
 from app.core.tasks import cancel_and_wait
 from app.db.engine import asyncpg_dsn
-from app.realtime.broker.base import BrokerHandler, StoredHistory
+from app.realtime.broker.base import BrokerHandler, DuplicatePublication, StoredHistory
 from app.realtime.broker.resume import DeliveryTracker, ListenLoop
 from app.realtime.history import (
     HistoryPolicies,
@@ -83,6 +90,45 @@ SELECT p."offset", p.epoch, pg_notify(
         ELSE '#' || p.id || ' ' || $2
     END
 ) FROM p
+"""
+
+# $7 the idempotency key, $8 its TTL in seconds. A claimed key has epoch '' until the second
+# statement (CLAIMED_SQL) names its publication; a live duplicate returns the first's position.
+PUBLISH_KEYED_SQL = """
+WITH k AS (
+    INSERT INTO broker_idempotency AS bi (namespace, channel, key, epoch, "offset", expires_at)
+    VALUES ($1, $2, $7, '', 0, now() + make_interval(secs => $8::float8))
+    ON CONFLICT (namespace, channel, key) DO UPDATE SET
+        epoch = CASE WHEN bi.expires_at <= now() THEN '' ELSE bi.epoch END,
+        "offset" = CASE WHEN bi.expires_at <= now() THEN 0 ELSE bi."offset" END,
+        expires_at = CASE WHEN bi.expires_at <= now() THEN EXCLUDED.expires_at
+                          ELSE bi.expires_at END
+    RETURNING bi.epoch, bi."offset"
+), s AS (
+    INSERT INTO broker_streams AS bs (namespace, channel, epoch, top_offset, updated_at)
+    SELECT $1, $2, $3, 1, now() FROM k WHERE k.epoch = ''
+    ON CONFLICT (namespace, channel)
+    DO UPDATE SET top_offset = bs.top_offset + 1, updated_at = now()
+    RETURNING top_offset, epoch
+), p AS (
+    INSERT INTO broker_publications (namespace, channel, epoch, "offset", payload)
+    SELECT $1, $2, s.epoch, s.top_offset, $4 FROM s
+    RETURNING id, "offset", epoch
+)
+SELECT p."offset", p.epoch, false AS duplicate, pg_notify(
+    $5,
+    CASE WHEN octet_length($4) <= $6
+        THEN p."offset" || ' ' || p.epoch || ' ' || $2 || E'\\n' || $4
+        ELSE '#' || p.id || ' ' || $2
+    END
+) FROM p
+UNION ALL
+SELECT k."offset", k.epoch, true, NULL FROM k WHERE k.epoch <> ''
+"""
+
+CLAIMED_SQL = """
+UPDATE broker_idempotency SET epoch = $4, "offset" = $5
+WHERE namespace = $1 AND channel = $2 AND key = $3
 """
 
 # One statement, one snapshot: the stream's top and what follows `since` (never past the top).
@@ -145,9 +191,12 @@ WITH kinds AS (
             (SELECT k.ttl FROM kinds k WHERE k.namespace = split_part(s.channel, '/', 1)),
             $6::float8)))
     RETURNING 1
+), keys AS (
+    DELETE FROM broker_idempotency WHERE namespace = $1 AND expires_at < now()
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM expired) + (SELECT count(*) FROM orphans)
-     + (SELECT count(*) FROM idle)
+     + (SELECT count(*) FROM idle) + (SELECT count(*) FROM keys)
 """
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -176,6 +225,9 @@ async def purge_namespace(database_url: str, namespace: str) -> None:
             await connection.execute("DELETE FROM broker_streams WHERE namespace = $1", namespace)
             await connection.execute(
                 "DELETE FROM broker_publications WHERE namespace = $1", namespace
+            )
+            await connection.execute(
+                "DELETE FROM broker_idempotency WHERE namespace = $1", namespace
             )
     finally:
         await connection.close()
@@ -360,21 +412,42 @@ class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
         self._channels.discard(channel)
         self._tracker.forget(channel)
 
-    async def publish(self, publication: Publication) -> Publication:
-        policy_channel = publication.channel
+    async def publish(
+        self, publication: Publication, idempotency_key: str | None = None
+    ) -> Publication:
+        channel = publication.channel
         publication.origin = self._node_id
+        args = (
+            self._namespace,
+            channel,
+            new_epoch(),
+            encode_payload(publication),
+            self._notify_channel,
+            INLINE_LIMIT,
+        )
+        pool = self._require_pool()
         try:
-            row = await self._require_pool().fetchrow(
-                PUBLISH_SQL,
-                self._namespace,
-                policy_channel,
-                new_epoch(),
-                encode_payload(publication),
-                self._notify_channel,
-                INLINE_LIMIT,
-            )
+            if idempotency_key is None:
+                row = await pool.fetchrow(PUBLISH_SQL, *args)
+            else:
+                ttl = float(self._policies.by_kind[publication.kind].ttl)
+                async with pool.acquire() as connection, connection.transaction():
+                    row = await connection.fetchrow(PUBLISH_KEYED_SQL, *args, idempotency_key, ttl)
+                    assert row is not None
+                    if row["duplicate"]:
+                        raise DuplicatePublication(
+                            channel, StreamPosition(row["offset"], row["epoch"])
+                        )
+                    await connection.execute(
+                        CLAIMED_SQL,
+                        self._namespace,
+                        channel,
+                        idempotency_key,
+                        row["epoch"],
+                        row["offset"],
+                    )
         except _ERRORS as exc:
-            raise BrokerUnavailable(publication.channel) from exc
+            raise BrokerUnavailable(channel) from exc
         assert row is not None
         publication.offset = row["offset"]
         publication.epoch = row["epoch"]

@@ -4,14 +4,22 @@ Keys, under BROKER_PREFIX (``cm`` by default; ``{…}`` keeps a channel's keys i
 
     cm:{<channel>}:m     hash   e = epoch, o = last offset        (TTL: max(history TTL, 1 h))
     cm:{<channel>}:s     stream id <offset>-0, p = payload, t = s (TTL: history TTL, MAXLEN size)
+    cm:{<channel>}:k:<k> string "<offset>:<epoch>" of the publication that idempotency key k
+                                made                                   (TTL: history TTL)
     cm:pub:<channel>     pub/sub channel: "<offset>:<epoch>:<payload>"
+    cm:{<channel>}:p     the same, as a shard channel (SSUBSCRIBE) on Redis Cluster
+
+One `RedisBroker` talks to one Redis; several of them are the shards of a sharded broker
+(redis_sharded.py: many instances, or the masters of a Redis Cluster, redis_cluster.py).
 
 Publishing is ONE Lua script, as in Centrifugo's Redis broker: it increments the channel's
 offset, reads (or creates) its epoch, appends to the stream trimmed to the policy's size with
 the policy's TTL, and PUBLISHes — atomically, so offsets have no gaps and every node sees a
 channel's publications in offset order. When the hash is gone (Redis restarted or flushed, the
 stream idle past its TTL) the script creates a new epoch and drops any stale stream, so an old
-position can never be taken for a place in the new stream.
+position can never be taken for a place in the new stream. With an idempotency key the script
+first looks the key up: when the channel accepted it in this epoch, it answers with that
+offset and changes nothing.
 
 Delivery: a node subscribes to a channel once (one SUBSCRIBE on its one pub/sub connection,
 however many local clients) and hands each message to the hub once. Its own publications come
@@ -48,12 +56,13 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.core.tasks import cancel_and_wait
-from app.realtime.broker.base import BrokerHandler, StoredHistory
+from app.realtime.broker.base import BrokerHandler, DuplicatePublication, StoredHistory
 from app.realtime.broker.resume import DeliveryTracker, ListenLoop
 from app.realtime.history import (
     HistoryPolicies,
@@ -70,11 +79,25 @@ SUBSCRIBE_TIMEOUT = 5.0
 # The listener PINGs this often; no PONG for two intervals means a dead link (no RST seen):
 # a silent network failure is noticed within 10-15 s.
 PING_INTERVAL = 5.0
+# Connections to one Redis per node for commands, and how long a command waits for one.
+POOL_SIZE = 64
+POOL_WAIT = 5.0
 # A stream's hash outlives its entries so that offsets continue across quiet periods.
 META_MIN_TTL = 3600
 
+# KEYS: meta, stream, pub/sub channel[, idempotency key]. ARGV: payload, size, stream TTL,
+# meta TTL, new epoch. Returns {offset, epoch} or, for a repeated key, {offset, epoch, 1}.
 PUBLISH_SCRIPT = """
 local epoch = redis.call("hget", KEYS[1], "e")
+if KEYS[4] and epoch then
+  local first = redis.call("get", KEYS[4])
+  if first then
+    local cut = string.find(first, ":", 1, true)
+    if string.sub(first, cut + 1) == epoch then
+      return {tonumber(string.sub(first, 1, cut - 1)), epoch, 1}
+    end
+  end
+end
 if not epoch then
   epoch = ARGV[5]
   redis.call("del", KEYS[2])
@@ -87,7 +110,10 @@ if tonumber(ARGV[2]) > 0 then
   redis.call("xadd", KEYS[2], "maxlen", ARGV[2], offset .. "-0", "p", ARGV[1], "t", now[1])
   redis.call("expire", KEYS[2], ARGV[3])
 end
-redis.call("publish", KEYS[3], offset .. ":" .. epoch .. ":" .. ARGV[1])
+if KEYS[4] then
+  redis.call("set", KEYS[4], offset .. ":" .. epoch, "ex", ARGV[3])
+end
+redis.call("PUBLISH_COMMAND", KEYS[3], offset .. ":" .. epoch .. ":" .. ARGV[1])
 return {offset, epoch}
 """
 
@@ -194,17 +220,23 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
 
 
 class _PubSubProtocol(asyncio.Protocol):
-    """The node's pub/sub connection: parse RESP pushes and dispatch them synchronously."""
+    """The node's pub/sub connection: parse RESP pushes and dispatch them synchronously.
+
+    Plain (SUBSCRIBE) and shard (SSUBSCRIBE, Redis Cluster) channels alike; `channel_of` maps
+    a pub/sub channel's name back to the broker channel it carries.
+    """
 
     def __init__(
         self,
-        prefix_length: int,
+        channel_of: Callable[[bytes], str],
         on_publication: Callable[[Publication], None],
         on_subscribed: Callable[[str], None],
+        on_unsubscribed: Callable[[str], None],
     ) -> None:
-        self._prefix_length = prefix_length
+        self._channel_of = channel_of
         self._on_publication = on_publication
         self._on_subscribed = on_subscribed
+        self._on_unsubscribed = on_unsubscribed
         self._buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -263,7 +295,7 @@ class _PubSubProtocol(asyncio.Protocol):
     def _dispatch(self, value: Any) -> None:
         if isinstance(value, list) and value:
             kind = value[0]
-            if kind == b"message":
+            if kind == b"message" or kind == b"smessage":
                 try:
                     publication = decode_message(value[2])
                 except Exception:  # noqa: BLE001 - not ours (another writer on the channel)
@@ -271,13 +303,17 @@ class _PubSubProtocol(asyncio.Protocol):
                     return
                 self._on_publication(publication)
                 return
-            if kind == b"subscribe":
-                self._on_subscribed(value[1][self._prefix_length :].decode())
+            if kind == b"subscribe" or kind == b"ssubscribe":
+                self._on_subscribed(self._channel_of(value[1]))
                 return
             if kind == b"pong":
                 self.last_pong = time.monotonic()
                 return
             if kind == b"unsubscribe":
+                return
+            if kind == b"sunsubscribe":
+                # Also sent unasked, when the channel's slot moved to another master.
+                self._on_unsubscribed(self._channel_of(value[1]))
                 return
         # A plain reply (AUTH) or an error.
         if self._replies:
@@ -294,10 +330,40 @@ class _PubSubProtocol(asyncio.Protocol):
 # --- the broker ------------------------------------------------------------------------------
 
 
-class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
-    """Broker over Redis (see the module docstring)."""
+def command_client(url: str) -> aioredis.Redis:
+    """A pooled client for scripts and commands, at most POOL_SIZE connections to `url`.
 
-    link_name = "Redis pub/sub"
+    A burst of more concurrent commands (a thousand clients subscribing at once) waits for a
+    free connection — up to POOL_WAIT seconds — instead of failing with "Too many connections"
+    as redis-py's default pool does past its 100.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=CONNECT_TIMEOUT + 2,
+        # One quick retry on a fresh connection: a pooled socket may predate a restart.
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+
+
+def shard_name(url: str) -> str:
+    """How logs and /stats name the Redis at `url`: host:port/db, never its password."""
+    parts = urlsplit(url)
+    db = parts.path.strip("/") or "0"
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{db}"
+
+
+class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
+    """Broker over one Redis (see the module docstring); also one shard of a sharded broker."""
+
+    # Plain pub/sub; Redis Cluster's shards (redis_cluster.py) use shard channels instead.
+    subscribe_command = b"SUBSCRIBE"
+    unsubscribe_command = b"UNSUBSCRIBE"
+    publish_command = "publish"
 
     def __init__(
         self,
@@ -313,6 +379,8 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         self._url = url
         self._prefix = prefix
         self._pub_prefix = f"{prefix}:pub:".encode()
+        self.name = shard_name(url)
+        self.link_name = f"Redis pub/sub ({self.name})"
         self._channels: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tracker = DeliveryTracker()
@@ -327,34 +395,45 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         self.recovered_after_reconnect = 0
         self.last_outage_seconds = 0.0
 
-    # --- keys -------------------------------------------------------------------------------
+    # --- names ------------------------------------------------------------------------------
 
     def _keys(self, channel: str) -> tuple[str, str, bytes]:
         base = f"{self._prefix}:{{{channel}}}"
-        return f"{base}:m", f"{base}:s", self._pub_prefix + channel.encode()
+        return f"{base}:m", f"{base}:s", self._pubsub_name(channel)
+
+    def _idempotency_key(self, channel: str, key: str) -> str:
+        return f"{self._prefix}:{{{channel}}}:k:{key}"
+
+    def _pubsub_name(self, channel: str) -> bytes:
+        return self._pub_prefix + channel.encode()
+
+    def _channel_of(self, name: bytes) -> str:
+        return name[len(self._pub_prefix) :].decode()
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    def _make_client(self) -> aioredis.Redis:
+        """The client the scripts run on (pooled)."""
+        return command_client(self._url)
+
+    async def _close_client(self, client: aioredis.Redis) -> None:
+        await client.aclose()
+
     async def start(self, handler: BrokerHandler) -> None:
         self._tracker.bind(handler)
-        self._client = aioredis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=CONNECT_TIMEOUT + 2,
-            # One quick retry on a fresh connection: a pooled socket may predate a restart.
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=30,
+        client = self._client = self._make_client()
+        self._publish_script = client.register_script(
+            PUBLISH_SCRIPT.replace("PUBLISH_COMMAND", self.publish_command)
         )
-        self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
-        self._history_script = self._client.register_script(HISTORY_SCRIPT)
+        self._history_script = client.register_script(HISTORY_SCRIPT)
         self._listener = asyncio.create_task(
-            self._listen(self.history), name="redis-broker-listener"
+            self._listen(self.history), name=f"redis-broker-listener-{self.name}"
         )
         # Normally connected in a few ms; if Redis is down the node starts anyway, unready.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
         if not self._healthy:
-            logger.warning("Redis is not reachable yet; retrying in the background")
+            logger.warning("Redis %s is not reachable yet; retrying in the background", self.name)
 
     async def close(self) -> None:
         self._closing = True
@@ -362,7 +441,7 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         await cancel_and_wait(self._listener)
         self._listener = None
         if self._client is not None:
-            await self._client.aclose()
+            await self._close_client(self._client)
             self._client = None
 
     @property
@@ -371,19 +450,28 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
 
     # --- the listener -----------------------------------------------------------------------
 
+    async def _link_address(self) -> tuple[str, int]:
+        """Where the pub/sub connection goes (a cluster shard asks the cluster each time)."""
+        parts = urlsplit(self._url)
+        return parts.hostname or "127.0.0.1", parts.port or 6379
+
     async def _connect_link(self) -> _PubSubProtocol:
         parts = urlsplit(self._url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
         context = ssl.create_default_context() if parts.scheme == "rediss" else None
+        host, port = await self._link_address()
         loop = asyncio.get_running_loop()
         _, protocol = await asyncio.wait_for(
             loop.create_connection(
                 lambda: _PubSubProtocol(
-                    len(self._pub_prefix), self._tracker.deliver, self._on_subscribed
+                    self._channel_of,
+                    self._tracker.deliver,
+                    self._on_subscribed,
+                    self._on_unsubscribed,
                 ),
-                parts.hostname or "127.0.0.1",
-                parts.port or 6379,
+                host,
+                port,
                 ssl=context,
             ),
             CONNECT_TIMEOUT,
@@ -401,6 +489,13 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _on_unsubscribed(self, channel: str) -> None:
+        """The server dropped a subscription we hold (a cluster slot moved): start over."""
+        protocol = self._protocol
+        if channel in self._channels and protocol is not None and protocol.transport is not None:
+            logger.warning("%s dropped the subscription to %s; reconnecting", self.name, channel)
+            protocol.transport.abort()
+
     def _fail_waiters(self) -> None:
         waiters, self._waiters = self._waiters, {}
         for futures in waiters.values():
@@ -417,7 +512,7 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         waiters = [self._expect_subscribed(channel) for channel in channels]
         for start in range(0, len(channels), 500):
             batch = channels[start : start + 500]
-            protocol.send(b"SUBSCRIBE", *(self._pub_prefix + c.encode() for c in batch))
+            protocol.send(self.subscribe_command, *(self._pubsub_name(c) for c in batch))
         if waiters:
             await asyncio.wait_for(asyncio.gather(*waiters), SUBSCRIBE_TIMEOUT)
 
@@ -450,7 +545,7 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         self._channels.add(channel)
         waiter = self._expect_subscribed(channel)
         try:
-            protocol.send(b"SUBSCRIBE", self._pub_prefix + channel.encode())
+            protocol.send(self.subscribe_command, self._pubsub_name(channel))
             await asyncio.wait_for(waiter, SUBSCRIBE_TIMEOUT)
         except BaseException as exc:
             self._channels.discard(channel)
@@ -467,15 +562,20 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         protocol = self._protocol
         if protocol is not None:
             with contextlib.suppress(ConnectionError):
-                protocol.send(b"UNSUBSCRIBE", self._pub_prefix + channel.encode())
+                protocol.send(self.unsubscribe_command, self._pubsub_name(channel))
 
-    async def publish(self, publication: Publication) -> Publication:
+    async def publish(
+        self, publication: Publication, idempotency_key: str | None = None
+    ) -> Publication:
         policy = self._policies.by_kind[publication.kind]
         publication.origin = self._node_id
-        meta, stream, pubsub = self._keys(publication.channel)
+        channel = publication.channel
+        keys: list[str | bytes] = list(self._keys(channel))
+        if idempotency_key is not None:
+            keys.append(self._idempotency_key(channel, idempotency_key))
         try:
-            offset, epoch = await self._publish_script(
-                keys=[meta, stream, pubsub],
+            reply = await self._publish_script(
+                keys=keys,
                 args=[
                     encode_payload(publication),
                     policy.size,
@@ -485,9 +585,12 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
                 ],
             )
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(publication.channel) from exc
-        publication.offset = int(offset)
-        publication.epoch = epoch.decode()
+            raise BrokerUnavailable(channel) from exc
+        offset, epoch = int(reply[0]), reply[1].decode()
+        if len(reply) > 2:
+            raise DuplicatePublication(channel, StreamPosition(offset, epoch))
+        publication.offset = offset
+        publication.epoch = epoch
         return publication
 
     async def _read(
