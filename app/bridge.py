@@ -19,8 +19,8 @@ that, a reader could see 11, move past 10, and lose it when it commits). An even
 half-published when the broker fails is resumed at the channel where it stopped. The LISTEN
 connection is a dedicated asyncpg connection (not from the pool: a pooled connection would
 drop its LISTEN when returned); when PostgreSQL restarts or terminates it, the bridge
-reconnects with capped exponential backoff and reads from its in-memory last id, which
-delivers what was written meanwhile, once.
+reconnects (resume.Reconnector, the brokers' loop too: capped, jittered backoff) and reads from
+its in-memory last id, which delivers what was written meanwhile, once.
 
 Across a crash, a restart or a leader takeover: at least once, and exactly once when the
 broker kept the channel's history. After each batch the bridge records its last id in
@@ -66,13 +66,14 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
 from app.core.tasks import cancel_and_wait
+from app.db.engine import asyncpg_dsn
 from app.db.models import BridgeCursor, Event
 from app.db.types import utcnow
+from app.realtime.broker.resume import Reconnector
 from app.realtime.channels import agent_channel, is_valid_id, session_channel
 from app.realtime.manager import ConnectionManager
 
@@ -90,12 +91,6 @@ HOLDS_LEADER_LOCK = text(
     " AND classid = 0 AND objid = :key AND objsubid = 1 AND pid = :pid"
     " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
 )
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """The SQLAlchemy URL as a plain libpq DSN for asyncpg.connect."""
-    url = make_url(database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
 
 
 def channels_for(session_id: str | None, agent_id: str | None) -> list[str]:
@@ -150,7 +145,6 @@ class Bridge:
         # history had them), and channel publications found in history and not repeated.
         self.catchup_published = 0
         self.catchup_skipped = 0
-        self.reconnects = 0  # LISTEN connections re-established after a loss
         self.listening = False
         self.application_name = f"cm-bridge {manager.node_id}"[:63]
         self._wake = asyncio.Event()
@@ -160,6 +154,10 @@ class Bridge:
         # Delivery and resuming never interleave (a takeover resets last_id mid-loop otherwise).
         self._lock = asyncio.Lock()
         self._listen_pid: int | None = None
+        self._lost = asyncio.Event()
+        self._reconnector = Reconnector(
+            self, base=FIRST_DELAY, cap=settings.bridge_reconnect_max_delay
+        )
         self._deliver_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
 
@@ -172,7 +170,7 @@ class Bridge:
                 await self._resume()
         self._deliver_task = asyncio.create_task(self._deliver_loop(), name="bridge-deliver")
         if self.postgres:
-            self._listen_task = asyncio.create_task(self._listen_loop(), name="bridge-listen")
+            self._listen_task = asyncio.create_task(self._reconnector.run(), name="bridge-listen")
 
     async def stop(self) -> None:
         """Stop delivering, record how far it got, then let go of the LISTEN connection."""
@@ -389,57 +387,58 @@ class Bridge:
         logger.info("this node's bridge now publishes for the cluster")
         self._wake.set()
 
-    async def _listen_loop(self) -> None:
+    # --- the LISTEN connection (a Link its Reconnector keeps up) -----------------------------
+
+    @property
+    def link_name(self) -> str:
+        return "bridge LISTEN connection"
+
+    async def open_link(self) -> Any:
         import asyncpg
 
-        delay = FIRST_DELAY
-        first = True
-        while True:
-            connection: Any = None
-            try:
-                connection = await asyncpg.connect(
-                    asyncpg_dsn(self.settings.database_url),
-                    timeout=10,
-                    server_settings={"application_name": self.application_name},
-                )
-                lost = asyncio.Event()
-                connection.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                self._listen_pid = connection.get_server_pid()
-                if not first:
-                    self.reconnects += 1
-                    logger.info("bridge LISTEN connection re-established")
-                first = False
-                delay = FIRST_DELAY
-                self.listening = True
-                self._listening.set()
-                self._wake.set()  # catch up on what was written while we were not listening
-                while not lost.is_set():
-                    if self.exclusive and not self.leader:
-                        got = await connection.fetchval(
-                            "SELECT pg_try_advisory_lock($1)", LEADER_LOCK
-                        )
-                        if got:
-                            await self._take_over()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), KEEPALIVE)
-                    if not lost.is_set():
-                        await connection.fetchval("SELECT 1", timeout=KEEPALIVE)
-                logger.warning("bridge LISTEN connection lost; reconnecting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect whatever the cause
-                logger.warning(
-                    "bridge LISTEN connection failed (%s); retrying in %.1fs", exc, delay
-                )
-            finally:
-                self.listening = False
-                self._listening.clear()
-                self._listen_pid = None
-                if self.exclusive:
-                    self.leader = False
-                if connection is not None:
-                    with contextlib.suppress(Exception):
-                        connection.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.settings.bridge_reconnect_max_delay)
+        connection = await asyncpg.connect(
+            asyncpg_dsn(self.settings.database_url),
+            timeout=10,
+            server_settings={"application_name": self.application_name},
+        )
+        lost = asyncio.Event()
+        connection.add_termination_listener(lambda _c: lost.set())
+        self._lost = lost
+        return connection
+
+    async def ready_link(self, connection: Any, after_outage: bool) -> None:
+        await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        self._listen_pid = connection.get_server_pid()
+        self.listening = True
+        self._listening.set()
+        self._wake.set()  # catch up on what was written while we were not listening
+
+    async def watch_link(self, connection: Any) -> None:
+        """Until the connection is lost: try for the leader lock (a shared broker), and check
+        the connection is alive every KEEPALIVE seconds."""
+        lost = self._lost
+        while not lost.is_set():
+            if self.exclusive and not self.leader:
+                got = await connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK)
+                if got:
+                    await self._take_over()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), KEEPALIVE)
+            if not lost.is_set():
+                await connection.fetchval("SELECT 1", timeout=KEEPALIVE)
+        raise ConnectionError("bridge LISTEN connection lost")
+
+    def drop_link(self, connection: Any) -> None:
+        self.listening = False
+        self._listening.clear()
+        self._listen_pid = None
+        if self.exclusive:
+            self.leader = False  # PostgreSQL frees the lock with the connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.terminate()
+
+    @property
+    def reconnects(self) -> int:
+        """LISTEN connections re-established after a loss."""
+        return self._reconnector.reconnects

@@ -49,7 +49,7 @@ import orjson
 from app.core.tasks import cancel_and_wait
 from app.db.engine import asyncpg_dsn
 from app.realtime.broker.base import BrokerHandler, DuplicatePublication, StoredHistory
-from app.realtime.broker.resume import DeliveryTracker, ListenLoop
+from app.realtime.broker.resume import DeliveryTracker, PubSubLink, Reconnector
 from app.realtime.history import (
     HistoryPolicies,
     StreamPosition,
@@ -233,7 +233,7 @@ async def purge_namespace(database_url: str, namespace: str) -> None:
         await connection.close()
 
 
-class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
+class PostgresBroker(StoredHistory):
     """Broker over PostgreSQL alone (see the module docstring)."""
 
     link_name = "PostgreSQL LISTEN"
@@ -252,15 +252,13 @@ class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
         self._listen_connection: asyncpg.Connection | None = None
         self._listener: asyncio.Task[None] | None = None
         self._cleaner: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
-        self._healthy = False
         # Notifications waiting behind a fetch by id, so that delivery stays in order.
         self._queue: collections.deque[str] = collections.deque()
         self._drainer: asyncio.Task[None] | None = None
-        self.reconnects = 0
-        self.recovered_after_reconnect = 0
-        self.last_outage_seconds = 0.0
+        # The LISTEN link, kept up (and caught up after an outage) by its reconnector.
+        self._pubsub = PubSubLink(self, self._tracker, self._channels)
+        self._reconnector = Reconnector(self._pubsub)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -270,12 +268,12 @@ class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
             self._dsn, min_size=1, max_size=5, timeout=CONNECT_TIMEOUT, command_timeout=10
         )
         self._listener = asyncio.create_task(
-            self._listen(self.history), name="postgres-broker-listener"
+            self._reconnector.run(), name="postgres-broker-listener"
         )
         self._cleaner = asyncio.create_task(self._cleanup_loop(), name="postgres-broker-cleanup")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
-        if not self._healthy:
+            await asyncio.wait_for(self._reconnector.connected.wait(), CONNECT_TIMEOUT)
+        if not self.healthy:
             logger.warning("PostgreSQL LISTEN is not established yet; retrying in the background")
 
     async def close(self) -> None:
@@ -289,7 +287,25 @@ class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self._reconnector.healthy
+
+    # Observable by /metrics and /stats.
+    @property
+    def reconnects(self) -> int:
+        return self._reconnector.reconnects
+
+    @property
+    def last_outage_seconds(self) -> float:
+        return self._reconnector.last_outage_seconds
+
+    @property
+    def recovered_after_reconnect(self) -> int:
+        return self._pubsub.recovered_after_reconnect
+
+    @property
+    def stream_resets(self) -> int:
+        """Channels whose subscribers were told of publications the history could not cover."""
+        return self._tracker.resets
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -403,10 +419,10 @@ class PostgresBroker(StoredHistory, ListenLoop[asyncpg.Connection]):
     # --- the broker contract ----------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        if not self._healthy:
+        if not self.healthy:
             raise BrokerUnavailable(channel)
         self._channels.add(channel)
-        await self._track_from_now(channel)
+        await self._pubsub.track_from_now(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)

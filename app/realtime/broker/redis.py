@@ -63,7 +63,7 @@ from redis.exceptions import RedisError
 
 from app.core.tasks import cancel_and_wait
 from app.realtime.broker.base import BrokerHandler, DuplicatePublication, StoredHistory
-from app.realtime.broker.resume import DeliveryTracker, ListenLoop
+from app.realtime.broker.resume import DeliveryTracker, PubSubLink, Reconnector
 from app.realtime.history import (
     HistoryPolicies,
     StreamPosition,
@@ -357,7 +357,7 @@ def shard_name(url: str) -> str:
     return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{db}"
 
 
-class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
+class RedisBroker(StoredHistory):
     """Broker over one Redis (see the module docstring); also one shard of a sharded broker."""
 
     # Plain pub/sub; Redis Cluster's shards (redis_cluster.py) use shard channels instead.
@@ -387,13 +387,10 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         self._client: aioredis.Redis | None = None
         self._protocol: _PubSubProtocol | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-        self._healthy = False
         self._closing = False
-        # Observable by /metrics and /stats.
-        self.reconnects = 0
-        self.recovered_after_reconnect = 0
-        self.last_outage_seconds = 0.0
+        # The pub/sub link, kept up (and caught up after an outage) by its reconnector.
+        self._pubsub = PubSubLink(self, self._tracker, self._channels)
+        self._reconnector = Reconnector(self._pubsub)
 
     # --- names ------------------------------------------------------------------------------
 
@@ -427,12 +424,12 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         )
         self._history_script = client.register_script(HISTORY_SCRIPT)
         self._listener = asyncio.create_task(
-            self._listen(self.history), name=f"redis-broker-listener-{self.name}"
+            self._reconnector.run(), name=f"redis-broker-listener-{self.name}"
         )
         # Normally connected in a few ms; if Redis is down the node starts anyway, unready.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
-        if not self._healthy:
+            await asyncio.wait_for(self._reconnector.connected.wait(), CONNECT_TIMEOUT)
+        if not self.healthy:
             logger.warning("Redis %s is not reachable yet; retrying in the background", self.name)
 
     async def close(self) -> None:
@@ -446,7 +443,25 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self._reconnector.healthy
+
+    # Observable by /metrics and /stats.
+    @property
+    def reconnects(self) -> int:
+        return self._reconnector.reconnects
+
+    @property
+    def last_outage_seconds(self) -> float:
+        return self._reconnector.last_outage_seconds
+
+    @property
+    def recovered_after_reconnect(self) -> int:
+        return self._pubsub.recovered_after_reconnect
+
+    @property
+    def stream_resets(self) -> int:
+        """Channels whose subscribers were told of publications the history could not cover."""
+        return self._tracker.resets
 
     # --- the listener -----------------------------------------------------------------------
 
@@ -540,7 +555,7 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
         if channel in self._channels:
             return
         protocol = self._protocol
-        if protocol is None or not self._healthy:
+        if protocol is None or not self.healthy:
             raise BrokerUnavailable(channel)
         self._channels.add(channel)
         waiter = self._expect_subscribed(channel)
@@ -552,7 +567,7 @@ class RedisBroker(StoredHistory, ListenLoop[_PubSubProtocol]):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise BrokerUnavailable(channel) from exc
-        await self._track_from_now(channel)
+        await self._pubsub.track_from_now(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         if channel not in self._channels:

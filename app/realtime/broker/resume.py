@@ -21,8 +21,9 @@ well: a gap is never silent.
 Nothing here runs per subscriber: one dict lookup, two comparisons and one tuple per
 publication per node.
 
-`ListenLoop` is the loop both multi-node brokers keep their pub/sub link with: connect,
-subscribe, catch up after a reconnect, watch, and back off with full jitter when it breaks.
+`Reconnector` keeps a link up (connect, make ready, watch, back off with full jitter when it
+breaks): both multi-node brokers' pub/sub links (`PubSubLink`: subscribe, then catch up after a
+reconnect) and the bridge's LISTEN connection.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from app.realtime.broker.base import BrokerHandler, StreamReset
 from app.realtime.history import HistoryPage, StreamPosition
@@ -200,43 +201,143 @@ async def _missed(
     return (StreamPosition(first - 1, top.epoch), reason), page.publications
 
 
-class ListenLoop(Generic[L]):
-    """The reconnecting pub/sub link of a multi-node broker; the broker supplies the link.
+class Link(Protocol[L]):
+    """One connection a `Reconnector` keeps up: how to open it, make it ready, watch it."""
 
-    A broker subclasses it, sets the state below in its ``__init__``, implements the four
-    link methods, and runs ``_listen(self.history)`` as a task.
+    @property
+    def link_name(self) -> str:
+        """How log lines name the link."""
+
+    async def open_link(self) -> L:
+        """Connect (not yet ready)."""
+
+    async def ready_link(self, link: L, after_outage: bool) -> None:
+        """Make a fresh link useful (subscribe, catch up when `after_outage`)."""
+
+    async def watch_link(self, link: L) -> None:
+        """Return (or raise) once the link is lost."""
+
+    def drop_link(self, link: L | None) -> None:
+        """Forget and close the link (None: it never opened)."""
+
+
+class Reconnector(Generic[L]):
+    """Keeps one link up: open, make ready, watch; when it breaks, back off and start again.
+
+    Delays are uniform in [0, min(cap, base * 2**attempt)] ("full jitter"), so nodes that lost
+    a server together do not come back in lockstep. Composed, not inherited: the brokers' pub/sub
+    links and the bridge's LISTEN connection each give it a `Link`.
     """
 
-    link_name = "pub/sub"  # how log lines name the link
-    _tracker: DeliveryTracker
-    _channels: set[str]
-    _connected: asyncio.Event
-    _healthy: bool
-    reconnects: int
-    recovered_after_reconnect: int
-    last_outage_seconds: float
+    def __init__(self, link: Link[L], *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP):
+        self._link = link
+        self._base = base
+        self._cap = cap
+        self.connected = asyncio.Event()  # set while the link is up and ready
+        self.reconnects = 0  # outages, each counted once however many attempts it took
+        self.last_outage_seconds = 0.0
 
-    async def _connect_link(self) -> L:
-        """Open the link (not yet subscribed)."""
-        raise NotImplementedError
+    @property
+    def healthy(self) -> bool:
+        return self.connected.is_set()
 
-    async def _subscribe_link(self, link: L, channels: list[str]) -> None:
-        """Subscribe the link to `channels` (every channel this node listens to)."""
-        raise NotImplementedError
+    async def run(self) -> None:
+        link_ops = self._link
+        attempt = 0
+        down_since: float | None = None  # set from the first failure until the link is back
+        while True:
+            link: L | None = None
+            try:
+                link = await link_ops.open_link()
+                await link_ops.ready_link(link, after_outage=down_since is not None)
+                if down_since is not None:
+                    self.last_outage_seconds = time.monotonic() - down_since
+                    logger.info(
+                        "%s re-established after %.2f s",
+                        link_ops.link_name,
+                        self.last_outage_seconds,
+                    )
+                attempt = 0
+                down_since = None
+                self.connected.set()
+                await link_ops.watch_link(link)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
+                if down_since is None:
+                    logger.warning(
+                        "%s unavailable: %s", link_ops.link_name, exc or type(exc).__name__
+                    )
+            finally:
+                self.connected.clear()
+                link_ops.drop_link(link)
+            if down_since is None:
+                down_since = time.monotonic()
+                self.reconnects += 1
+            attempt += 1
+            await asyncio.sleep(random.uniform(0, min(self._cap, self._base * 2**attempt)))
 
-    async def _watch(self, link: L) -> None:
-        """Return (or raise) once the link is lost."""
-        raise NotImplementedError
 
-    def _drop_link(self, link: L | None) -> None:
-        """Forget and close the link (None: it never opened)."""
-        raise NotImplementedError
+class PubSub(Protocol[L]):
+    """What a multi-node broker does with its pub/sub link (`PubSubLink` does the rest)."""
 
-    async def position(self, channel: str) -> StreamPosition:
-        """The stream's current top (the broker's `position`)."""
-        raise NotImplementedError
+    link_name: str
 
-    async def _track_from_now(self, channel: str) -> None:
+    async def _connect_link(self) -> L: ...
+
+    async def _subscribe_link(self, link: L, channels: list[str]) -> None: ...
+
+    async def _watch(self, link: L) -> None: ...
+
+    def _drop_link(self, link: L | None) -> None: ...
+
+    async def position(self, channel: str) -> StreamPosition: ...
+
+    async def history(
+        self, channel: str, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryPage: ...
+
+
+class PubSubLink(Generic[L]):
+    """A broker's pub/sub link as its `Reconnector` keeps it: every channel the node listens to
+    subscribed, and after an outage what each missed delivered from history first, in order,
+    while live messages wait (the `DeliveryTracker`)."""
+
+    def __init__(self, broker: PubSub[L], tracker: DeliveryTracker, channels: set[str]) -> None:
+        self._broker = broker
+        self._tracker = tracker
+        self._channels = channels  # the broker's own set: the channels this node listens to
+        self.recovered_after_reconnect = 0
+
+    @property
+    def link_name(self) -> str:
+        return self._broker.link_name
+
+    async def open_link(self) -> L:
+        return await self._broker._connect_link()
+
+    async def ready_link(self, link: L, after_outage: bool) -> None:
+        channels = sorted(self._channels)
+        if after_outage:
+            # Hold live messages until the catch-up has delivered what came before.
+            self._tracker.hold()
+        await self._broker._subscribe_link(link, channels)
+        if after_outage:
+            read = self._broker.history
+            self.recovered_after_reconnect += await self._tracker.catch_up(channels, read)
+            self._tracker.release()
+            logger.info("%s: %d channel(s) re-subscribed", self.link_name, len(channels))
+
+    async def watch_link(self, link: L) -> None:
+        await self._broker._watch(link)
+
+    def drop_link(self, link: L | None) -> None:
+        # Held-back messages are dropped, not delivered past a gap: the next catch-up reads
+        # them from history, in order.
+        self._tracker.discard()
+        self._broker._drop_link(link)
+
+    async def track_from_now(self, channel: str) -> None:
         """Record where `channel` stood once this node's subscription took effect.
 
         A catch-up after a reconnect then covers a channel that was quiet until the break.
@@ -244,58 +345,8 @@ class ListenLoop(Generic[L]):
         subscribe with it.
         """
         try:
-            position = await self.position(channel)
+            position = await self._broker.position(channel)
         except Exception:  # noqa: BLE001 - see above
             return
         if channel in self._channels:
             self._tracker.start_at(channel, position)
-
-    @property
-    def stream_resets(self) -> int:
-        """Channels whose subscribers were told of publications the history could not cover."""
-        return self._tracker.resets
-
-    async def _listen(self, read: HistoryReader) -> None:
-        attempt = 0
-        down_since: float | None = None  # set from the first failure until the link is back
-        while True:
-            link: L | None = None
-            try:
-                link = await self._connect_link()
-                channels = sorted(self._channels)
-                if down_since is not None:
-                    # Hold live messages until the catch-up has delivered what came before.
-                    self._tracker.hold()
-                await self._subscribe_link(link, channels)
-                if down_since is not None:
-                    self.recovered_after_reconnect += await self._tracker.catch_up(channels, read)
-                    self._tracker.release()
-                    self.last_outage_seconds = time.monotonic() - down_since
-                    logger.info(
-                        "%s re-established after %.2f s; %d channel(s) re-subscribed",
-                        self.link_name,
-                        self.last_outage_seconds,
-                        len(channels),
-                    )
-                attempt = 0
-                down_since = None
-                self._healthy = True
-                self._connected.set()
-                await self._watch(link)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect after a pause
-                if down_since is None:
-                    logger.warning("%s unavailable: %s", self.link_name, exc or type(exc).__name__)
-            finally:
-                self._healthy = False
-                self._connected.clear()
-                # Held-back messages are dropped, not delivered past a gap: the next
-                # catch-up reads them from history, in order.
-                self._tracker.discard()
-                self._drop_link(link)
-            if down_since is None:
-                down_since = time.monotonic()
-                self.reconnects += 1
-            attempt += 1
-            await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
