@@ -142,17 +142,17 @@ class NodeCollector(Collector):
         yield _counter(
             "cm_broker_reconnects",
             "Times the broker connection was lost and re-established.",
-            getattr(broker, "reconnects", 0),
+            broker.reconnects,
         )
         yield _counter(
             "cm_broker_recovered_publications",
             "Publications won back from history after a broker reconnect.",
-            getattr(broker, "recovered_after_reconnect", 0),
+            broker.recovered_after_reconnect,
         )
         yield _counter(
             "cm_broker_stream_resets",
             "Channels whose subscribers were told of publications the history could not cover.",
-            getattr(broker, "stream_resets", 0),
+            broker.stream_resets,
         )
 
     def _presence(self, manager: ConnectionManager) -> Iterator[Metric]:

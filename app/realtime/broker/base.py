@@ -114,6 +114,19 @@ class Broker(Protocol):
     def healthy(self) -> bool:
         """False while the broker cannot deliver (e.g. reconnecting)."""
 
+    # What /metrics shows of the link (0 for a broker without one).
+    @property
+    def reconnects(self) -> int:
+        """Outages of the link to the other nodes, each counted once."""
+
+    @property
+    def recovered_after_reconnect(self) -> int:
+        """Publications won back from history after those outages."""
+
+    @property
+    def stream_resets(self) -> int:
+        """Channels whose subscribers were told of publications the history could not cover."""
+
 
 class StoredHistory:
     """`history` and `position` of a broker that keeps streams outside the process.

@@ -158,3 +158,8 @@ class MemoryBroker:
     @property
     def healthy(self) -> bool:
         return True
+
+    # One process: no link to lose, nothing to win back.
+    reconnects = 0
+    recovered_after_reconnect = 0
+    stream_resets = 0
