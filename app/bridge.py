@@ -69,7 +69,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
-from app.core.tasks import cancel_and_wait
+from app.core.tasks import cancel_and_wait, uninterrupted
 from app.db.engine import asyncpg_dsn
 from app.db.models import BridgeCursor, Event
 from app.db.types import utcnow
@@ -258,7 +258,7 @@ class Bridge:
         delay = FIRST_DELAY
         while True:
             try:
-                await self.deliver_pending()
+                await uninterrupted(self.deliver_pending())
                 delay = FIRST_DELAY
             except asyncio.CancelledError:
                 raise

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Float, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.core.tasks import cancel_and_wait
+from app.core.tasks import cancel_and_wait, uninterrupted
 from app.db.models import Action, Agent, AgentStatus, Event, Message, Session, Task, TaskStatus
 from app.db.types import utcnow
 from app.realtime.manager import ConnectionManager
@@ -242,7 +242,7 @@ class MetricsTask:
         next_at = loop.time()
         while True:
             try:
-                snapshot = await self.refresh()
+                snapshot = await uninterrupted(self.refresh())
                 if self._should_publish():
                     await self.manager.publish(METRICS_CHANNEL, METRICS_EVENT, snapshot)
                     self.published += 1

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.core.tasks import cancel_and_wait
+from app.core.tasks import cancel_and_wait, uninterrupted
 from app.db.models import (
     IDEMPOTENCY_TTL,
     BridgeCursor,
@@ -63,7 +63,7 @@ async def _try_lock(connection: AsyncConnection, key: int) -> bool:
 async def _round(step: Callable[[], Awaitable[object]], what: str) -> None:
     """One round of a sweeper: a failure is logged, and the next round tries again."""
     try:
-        await step()
+        await uninterrupted(step())
     except asyncio.CancelledError:
         raise
     except Exception:  # noqa: BLE001 - the database may be back next round

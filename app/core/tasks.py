@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -14,3 +15,32 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+T = TypeVar("T")
+
+# How long a background round may still take once its task is being stopped.
+ROUND_GRACE = 5.0
+
+
+async def uninterrupted(work: Awaitable[T], grace: float = ROUND_GRACE) -> T:
+    """Await one round of a background loop so that stopping the loop lets the round finish.
+
+    Cancelling a task in the middle of a database statement leaves the driver's work going on
+    without it (aiosqlite's thread then posts its result to a loop that may be closed: a
+    traceback at exit) and a pooled connection in an unknown state. So a cancelled caller
+    waits up to `grace` seconds for the round, then cancels it, and is cancelled itself.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait({task}, timeout=grace)
+        if done:
+            if not task.cancelled():
+                task.exception()  # retrieved: the round's own failure does not matter now
+        else:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        raise

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.tasks import cancel_and_wait
+from app.core.tasks import cancel_and_wait, uninterrupted
 from app.db.models import Agent, AgentStatus
 from app.db.types import utcnow
 
@@ -110,7 +110,7 @@ class AgentRecorder:
                 await asyncio.sleep(DEBOUNCE)
             self._urgent.clear()
             try:
-                await self.flush()
+                await uninterrupted(self.flush())
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the database may be back next time

@@ -340,10 +340,19 @@ class ConnectionManager:
         since: StreamPosition | None = None,
         on_subscribed: Callable[[Subscribed], None] | None = None,
     ) -> Subscribed:
-        """Subscribe (recovering from `since`) and record the connection's channel presence."""
-        outcome = await self.hub.subscribe(connection, channel, since, on_subscribed)
+        """Subscribe (recovering from `since`) and record the connection's channel presence.
+
+        Presence is recorded first: the ack goes out from inside the hub's subscribe, and a
+        client that asks `presence` right after its ack must find itself there.
+        """
+        already = channel in connection.subscriptions
         await self.presence_store.join(channel, self.client_info(connection))
-        return outcome
+        try:
+            return await self.hub.subscribe(connection, channel, since, on_subscribed)
+        except BaseException:
+            if not already:
+                await self.presence_store.leave(channel, connection.client_id)
+            raise
 
     async def unsubscribe(self, connection: Connection, channel: str) -> bool:
         if not await self.hub.unsubscribe(connection, channel):

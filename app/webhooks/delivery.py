@@ -37,7 +37,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
-from app.core.tasks import cancel_and_wait
+from app.core.tasks import cancel_and_wait, uninterrupted
 from app.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookState
 from app.db.types import utcnow
 from app.webhooks import signing
@@ -176,9 +176,7 @@ class Deliverer:
         while True:
             wait = self.settings.webhook_poll_interval
             try:
-                await self.claim()
-                await self._clean()
-                due = await self._next_due()
+                due = await uninterrupted(self._round())
                 if due is not None:
                     wait = min(wait, max(0.0, due))
                 delay = FIRST_DELAY
@@ -191,6 +189,12 @@ class Deliverer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
+
+    async def _round(self) -> float | None:
+        """Take and deliver what is due, clean up; seconds until the next delivery is due."""
+        await self.claim()
+        await self._clean()
+        return await self._next_due()
 
     # --- taking endpoints -----------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.bridge import channels_for
-from app.core.tasks import cancel_and_wait
+from app.core.tasks import cancel_and_wait, uninterrupted
 from app.db.models import Event, WebhookCursor, WebhookDelivery, WebhookEndpoint
 from app.db.types import utcnow
 from app.realtime.channels import agent_channel
@@ -146,8 +146,7 @@ class Dispatcher:
         while True:
             wait = self.poll_interval
             try:
-                busy = await self.fan_out()
-                await self.flush_presence()
+                busy = await uninterrupted(self._round())
                 delay = FIRST_DELAY
                 if busy:
                     wait = BUSY_RETRY
@@ -160,6 +159,11 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
+
+    async def _round(self) -> bool:
+        busy = await self.fan_out()
+        await self.flush_presence()
+        return busy
 
     # --- the outbox -----------------------------------------------------------------------
 
