@@ -13,6 +13,9 @@
 #   BROKER         redis            (postgres: no Redis at all)
 #   BROKER_PREFIX  cm               (one per cluster sharing a Redis)
 #   WS_NODES       2
+#   REDIS_SHARDS_LOCAL  0           N > 0: start N redis-servers of its own (BASE_PORT+51…,
+#                                   nothing on disk) and shard channels over them (REDIS_URL
+#                                   becomes their list; docs/scaling.md)
 #   BASE_PORT      4700             nodes listen on BASE_PORT+1…; loopback only
 #   LB_WS_PORT / LB_API_PORT / LB_DASHBOARD_PORT   8849 / 8847 / 8848  (the balancer)
 #   CLUSTER_DIR    .cluster         pids, logs, the rendered nginx.conf
@@ -26,6 +29,7 @@ REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 BROKER="${BROKER:-redis}"
 BROKER_PREFIX="${BROKER_PREFIX:-cm}"
 WS_NODES="${WS_NODES:-2}"
+REDIS_SHARDS_LOCAL="${REDIS_SHARDS_LOCAL:-0}"
 BASE_PORT="${BASE_PORT:-4700}"
 LB_WS_PORT="${LB_WS_PORT:-8849}"
 LB_API_PORT="${LB_API_PORT:-8847}"
@@ -50,7 +54,7 @@ stop() {
   local pidfile pid name
   # The balancer first (no new traffic), then every node at once: SIGTERM (each closes its
   # clients with 1012 and exits), up to 20 s, then SIGKILL.
-  for group in lb node; do
+  for group in lb node redis; do
     for pidfile in "$CLUSTER_DIR"/$group*.pid; do
       [ -f "$pidfile" ] || continue
       kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
@@ -122,6 +126,25 @@ asyncio.run(main())
 PY
 }
 
+start_shards() {  # REDIS_SHARDS_LOCAL redis-servers of the cluster's own; REDIS_URL lists them
+  local i port urls=""
+  for i in $(seq 1 "$REDIS_SHARDS_LOCAL"); do
+    port=$((BASE_PORT + 50 + i))
+    nohup redis-server --port "$port" --bind "$HOST" --save "" --appendonly no \
+      --logfile "$CLUSTER_DIR/redis$i.log" --daemonize no >/dev/null 2>&1 </dev/null &
+    echo $! >"$CLUSTER_DIR/redis$i.pid"
+    urls="$urls${urls:+,}redis://$HOST:$port/0"
+  done
+  for i in $(seq 1 50); do
+    local up=0
+    for url in ${urls//,/ }; do redis-cli -u "$url" ping >/dev/null 2>&1 && up=$((up + 1)); done
+    [ "$up" -eq "$REDIS_SHARDS_LOCAL" ] && break
+    sleep 0.1
+  done
+  REDIS_URL="$urls"
+  echo "redis shards: $REDIS_URL"
+}
+
 start() {
   [ -n "$CM" ] || die "context-manager is not installed (make run, or pip install -e .)"
   [ -x "$NGINX" ] || die "nginx is not installed (apt-get install nginx)"
@@ -130,8 +153,14 @@ start() {
     die "already started (scripts/cluster.sh stop first)"
   fi
   case "$DATABASE_URL" in postgres*) ;; *) die "DATABASE_URL must be PostgreSQL for many nodes" ;; esac
+  if [ "$BROKER" = redis ] && [ "$REDIS_SHARDS_LOCAL" -gt 0 ]; then
+    start_shards
+  fi
   if [ "$BROKER" = redis ]; then
-    redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 || die "Redis does not answer at $REDIS_URL"
+    local url
+    for url in ${REDIS_URL//,/ }; do
+      redis-cli -u "$url" ping >/dev/null 2>&1 || die "Redis does not answer at $url"
+    done
   fi
 
   ensure_database
