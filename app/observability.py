@@ -132,6 +132,7 @@ class NodeCollector(Collector):
 
     def _broker(self, manager: ConnectionManager) -> Iterator[Metric]:
         broker = manager.broker
+        link = broker.link_state()
         healthy = GaugeMetricFamily(
             "cm_broker_healthy",
             "1 when the broker delivers, 0 while reconnecting.",
@@ -142,17 +143,17 @@ class NodeCollector(Collector):
         yield _counter(
             "cm_broker_reconnects",
             "Times the broker connection was lost and re-established.",
-            broker.reconnects,
+            link.reconnects,
         )
         yield _counter(
             "cm_broker_recovered_publications",
             "Publications won back from history after a broker reconnect.",
-            broker.recovered_after_reconnect,
+            link.recovered_after_reconnect,
         )
         yield _counter(
             "cm_broker_stream_resets",
             "Channels whose subscribers were told of publications the history could not cover.",
-            broker.stream_resets,
+            link.stream_resets,
         )
 
     def _presence(self, manager: ConnectionManager) -> Iterator[Metric]:

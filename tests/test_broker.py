@@ -841,8 +841,8 @@ async def test_redis_silent_partition_is_detected_and_caught_up(
         got = seen_behind.on("topics/p")
         assert [p.offset for p in got] == list(range(1, 57))
         assert [p.data["seq"] for p in got] == list(range(56))
-        assert behind.healthy and behind.reconnects == 1
-        assert behind.recovered_after_reconnect == 50
+        assert behind.healthy and behind.link_state().reconnects == 1
+        assert behind.link_state().recovered_after_reconnect == 50
     finally:
         await behind.close()
         await direct.close()

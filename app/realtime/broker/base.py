@@ -114,18 +114,26 @@ class Broker(Protocol):
     def healthy(self) -> bool:
         """False while the broker cannot deliver (e.g. reconnecting)."""
 
-    # What /metrics shows of the link (0 for a broker without one).
-    @property
-    def reconnects(self) -> int:
-        """Outages of the link to the other nodes, each counted once."""
+    def link_state(self) -> LinkState:
+        """What /metrics shows of the link to the other nodes (zeros without one)."""
 
-    @property
-    def recovered_after_reconnect(self) -> int:
-        """Publications won back from history after those outages."""
 
-    @property
-    def stream_resets(self) -> int:
-        """Channels whose subscribers were told of publications the history could not cover."""
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """A broker's link to the other nodes, as /metrics shows it."""
+
+    reconnects: int = 0  # outages, each counted once however many attempts it took
+    recovered_after_reconnect: int = 0  # publications won back from history after them
+    stream_resets: int = 0  # channels whose subscribers were told of what history lost
+    last_outage_seconds: float = 0.0
+
+    def __add__(self, other: LinkState) -> LinkState:
+        return LinkState(
+            self.reconnects + other.reconnects,
+            self.recovered_after_reconnect + other.recovered_after_reconnect,
+            self.stream_resets + other.stream_resets,
+            max(self.last_outage_seconds, other.last_outage_seconds),
+        )
 
 
 class StoredHistory:

@@ -16,7 +16,7 @@ import collections
 import time
 
 from app.core.tasks import cancel_and_wait
-from app.realtime.broker.base import BrokerHandler, DuplicatePublication
+from app.realtime.broker.base import BrokerHandler, DuplicatePublication, LinkState
 from app.realtime.history import (
     HistoryPage,
     HistoryPolicies,
@@ -159,7 +159,5 @@ class MemoryBroker:
     def healthy(self) -> bool:
         return True
 
-    # One process: no link to lose, nothing to win back.
-    reconnects = 0
-    recovered_after_reconnect = 0
-    stream_resets = 0
+    def link_state(self) -> LinkState:
+        return LinkState()  # one process: no link to lose, nothing to win back

@@ -48,8 +48,13 @@ import orjson
 
 from app.core.tasks import cancel_and_wait
 from app.db.engine import asyncpg_dsn
-from app.realtime.broker.base import BrokerHandler, DuplicatePublication, StoredHistory
-from app.realtime.broker.resume import DeliveryTracker, PubSubLink, Reconnector
+from app.realtime.broker.base import (
+    BrokerHandler,
+    DuplicatePublication,
+    LinkState,
+    StoredHistory,
+)
+from app.realtime.broker.resume import KeptPubSub
 from app.realtime.history import (
     HistoryPolicies,
     StreamPosition,
@@ -247,7 +252,6 @@ class PostgresBroker(StoredHistory):
         self._namespace = namespace
         self._notify_channel = notify_channel(namespace)
         self._channels: set[str] = set()
-        self._tracker = DeliveryTracker()
         self._pool: asyncpg.Pool | None = None
         self._listen_connection: asyncpg.Connection | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -256,9 +260,9 @@ class PostgresBroker(StoredHistory):
         # Notifications waiting behind a fetch by id, so that delivery stays in order.
         self._queue: collections.deque[str] = collections.deque()
         self._drainer: asyncio.Task[None] | None = None
-        # The LISTEN link, kept up (and caught up after an outage) by its reconnector.
-        self._pubsub = PubSubLink(self, self._tracker, self._channels)
-        self._reconnector = Reconnector(self._pubsub)
+        # The LISTEN link, kept up (and caught up after an outage), and its delivery tracker.
+        self._link = KeptPubSub(self, self._channels)
+        self._tracker = self._link.tracker
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -267,12 +271,10 @@ class PostgresBroker(StoredHistory):
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=1, max_size=5, timeout=CONNECT_TIMEOUT, command_timeout=10
         )
-        self._listener = asyncio.create_task(
-            self._reconnector.run(), name="postgres-broker-listener"
-        )
+        self._listener = asyncio.create_task(self._link.run(), name="postgres-broker-listener")
         self._cleaner = asyncio.create_task(self._cleanup_loop(), name="postgres-broker-cleanup")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._reconnector.connected.wait(), CONNECT_TIMEOUT)
+            await asyncio.wait_for(self._link.connected.wait(), CONNECT_TIMEOUT)
         if not self.healthy:
             logger.warning("PostgreSQL LISTEN is not established yet; retrying in the background")
 
@@ -287,25 +289,10 @@ class PostgresBroker(StoredHistory):
 
     @property
     def healthy(self) -> bool:
-        return self._reconnector.healthy
+        return self._link.healthy
 
-    # Observable by /metrics and /stats.
-    @property
-    def reconnects(self) -> int:
-        return self._reconnector.reconnects
-
-    @property
-    def last_outage_seconds(self) -> float:
-        return self._reconnector.last_outage_seconds
-
-    @property
-    def recovered_after_reconnect(self) -> int:
-        return self._pubsub.recovered_after_reconnect
-
-    @property
-    def stream_resets(self) -> int:
-        """Channels whose subscribers were told of publications the history could not cover."""
-        return self._tracker.resets
+    def link_state(self) -> LinkState:
+        return self._link.state()
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -422,7 +409,7 @@ class PostgresBroker(StoredHistory):
         if not self.healthy:
             raise BrokerUnavailable(channel)
         self._channels.add(channel)
-        await self._pubsub.track_from_now(channel)
+        await self._link.track_from_now(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)

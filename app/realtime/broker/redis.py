@@ -62,8 +62,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.core.tasks import cancel_and_wait
-from app.realtime.broker.base import BrokerHandler, DuplicatePublication, StoredHistory
-from app.realtime.broker.resume import DeliveryTracker, PubSubLink, Reconnector
+from app.realtime.broker.base import (
+    BrokerHandler,
+    DuplicatePublication,
+    LinkState,
+    StoredHistory,
+)
+from app.realtime.broker.resume import KeptPubSub
 from app.realtime.history import (
     HistoryPolicies,
     StreamPosition,
@@ -383,14 +388,13 @@ class RedisBroker(StoredHistory):
         self.link_name = f"Redis pub/sub ({self.name})"
         self._channels: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._tracker = DeliveryTracker()
         self._client: aioredis.Redis | None = None
         self._protocol: _PubSubProtocol | None = None
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
-        # The pub/sub link, kept up (and caught up after an outage) by its reconnector.
-        self._pubsub = PubSubLink(self, self._tracker, self._channels)
-        self._reconnector = Reconnector(self._pubsub)
+        # The pub/sub link, kept up (and caught up after an outage), and its delivery tracker.
+        self._link = KeptPubSub(self, self._channels)
+        self._tracker = self._link.tracker
 
     # --- names ------------------------------------------------------------------------------
 
@@ -424,11 +428,11 @@ class RedisBroker(StoredHistory):
         )
         self._history_script = client.register_script(HISTORY_SCRIPT)
         self._listener = asyncio.create_task(
-            self._reconnector.run(), name=f"redis-broker-listener-{self.name}"
+            self._link.run(), name=f"redis-broker-listener-{self.name}"
         )
         # Normally connected in a few ms; if Redis is down the node starts anyway, unready.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._reconnector.connected.wait(), CONNECT_TIMEOUT)
+            await asyncio.wait_for(self._link.connected.wait(), CONNECT_TIMEOUT)
         if not self.healthy:
             logger.warning("Redis %s is not reachable yet; retrying in the background", self.name)
 
@@ -443,25 +447,10 @@ class RedisBroker(StoredHistory):
 
     @property
     def healthy(self) -> bool:
-        return self._reconnector.healthy
+        return self._link.healthy
 
-    # Observable by /metrics and /stats.
-    @property
-    def reconnects(self) -> int:
-        return self._reconnector.reconnects
-
-    @property
-    def last_outage_seconds(self) -> float:
-        return self._reconnector.last_outage_seconds
-
-    @property
-    def recovered_after_reconnect(self) -> int:
-        return self._pubsub.recovered_after_reconnect
-
-    @property
-    def stream_resets(self) -> int:
-        """Channels whose subscribers were told of publications the history could not cover."""
-        return self._tracker.resets
+    def link_state(self) -> LinkState:
+        return self._link.state()
 
     # --- the listener -----------------------------------------------------------------------
 
@@ -567,7 +556,7 @@ class RedisBroker(StoredHistory):
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise BrokerUnavailable(channel) from exc
-        await self._pubsub.track_from_now(channel)
+        await self._link.track_from_now(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         if channel not in self._channels:

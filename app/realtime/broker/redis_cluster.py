@@ -94,7 +94,7 @@ class ClusterShard(RedisBroker):
         """The cluster client is shared by the shards; the broker closes it."""
 
     async def _link_address(self) -> tuple[str, int]:
-        if self.reconnects:
+        if self.link_state().reconnects:
             # After a failover the slot has a new master: ask the cluster.
             with contextlib.suppress(RedisError, OSError):
                 await self._cluster.nodes_manager.initialize()

@@ -26,7 +26,7 @@ import bisect
 import hashlib
 from collections.abc import Callable, Sequence
 
-from app.realtime.broker.base import BrokerHandler
+from app.realtime.broker.base import BrokerHandler, LinkState
 from app.realtime.broker.redis import RedisBroker
 from app.realtime.history import HistoryPage, StreamPosition
 from app.realtime.publication import Publication
@@ -116,18 +116,5 @@ class ShardedRedisBroker:
 
     # --- counters, summed over the shards (/metrics) -------------------------------------
 
-    @property
-    def reconnects(self) -> int:
-        return sum(shard.reconnects for shard in self.shards)
-
-    @property
-    def recovered_after_reconnect(self) -> int:
-        return sum(shard.recovered_after_reconnect for shard in self.shards)
-
-    @property
-    def stream_resets(self) -> int:
-        return sum(shard.stream_resets for shard in self.shards)
-
-    @property
-    def last_outage_seconds(self) -> float:
-        return max((shard.last_outage_seconds for shard in self.shards), default=0.0)
+    def link_state(self) -> LinkState:
+        return sum((shard.link_state() for shard in self.shards), LinkState())

@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
-from app.realtime.broker.base import BrokerHandler, StreamReset
+from app.realtime.broker.base import BrokerHandler, LinkState, StreamReset
 from app.realtime.history import HistoryPage, StreamPosition
 from app.realtime.protocol import ResetReason
 from app.realtime.publication import Publication
@@ -350,3 +350,36 @@ class PubSubLink(Generic[L]):
             return
         if channel in self._channels:
             self._tracker.start_at(channel, position)
+
+
+class KeptPubSub(Generic[L]):
+    """Everything of a multi-node broker's pub/sub link, in one part it holds: the delivery
+    tracker (the broker hands it live publications), the `PubSubLink` and the `Reconnector`
+    that keeps it up, and what /metrics shows of them."""
+
+    def __init__(self, broker: PubSub[L], channels: set[str]) -> None:
+        self.tracker = DeliveryTracker()
+        self.link = PubSubLink(broker, self.tracker, channels)
+        self.reconnector = Reconnector(self.link)
+
+    @property
+    def healthy(self) -> bool:
+        return self.reconnector.healthy
+
+    @property
+    def connected(self) -> asyncio.Event:
+        return self.reconnector.connected
+
+    async def run(self) -> None:
+        await self.reconnector.run()
+
+    async def track_from_now(self, channel: str) -> None:
+        await self.link.track_from_now(channel)
+
+    def state(self) -> LinkState:
+        return LinkState(
+            self.reconnector.reconnects,
+            self.link.recovered_after_reconnect,
+            self.tracker.resets,
+            self.reconnector.last_outage_seconds,
+        )
