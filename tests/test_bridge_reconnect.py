@@ -4,6 +4,7 @@ it reconnects — every event, none twice, in outbox order."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -14,6 +15,13 @@ from tests.databases import data_settings, postgres_database
 from tests.test_bridge import collect
 
 pytestmark = pytest.mark.postgres
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the bridge did not notice"
+        await asyncio.sleep(0.01)
 
 
 def _plain(url: str) -> str:
@@ -46,11 +54,15 @@ async def test_events_written_while_the_listen_connection_is_down_arrive_once(
             kills = 0
             for _ in range(3):
                 await asyncio.sleep(0.15)
+                lost_before = bridge.reconnects
                 kills += await admin.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE application_name = $1",
                     bridge.application_name,
                 )
+                # Until the bridge has noticed this loss (on a loaded machine that can take
+                # longer than the pause above) and listens on a new connection.
+                await _until(lambda: bridge.reconnects > lost_before)
                 await bridge.wait_listening()
             await writing
             assert kills == 3
