@@ -62,7 +62,7 @@ async def test_events_written_while_the_listen_connection_is_down_arrive_once(
                 )
                 # Until the bridge has noticed this loss (on a loaded machine that can take
                 # longer than the pause above) and listens on a new connection.
-                await _until(lambda: bridge.reconnects > lost_before)
+                await _until(lambda before=lost_before: bridge.reconnects > before)
                 await bridge.wait_listening()
             await writing
             assert kills == 3
