@@ -207,6 +207,81 @@ async def test_invalid_utf8_text_closes_with_1007(service: Service) -> None:
     assert await sock.closed()
 
 
+def _unmasked(opcode: int, payload: bytes) -> bytes:
+    return bytes([0x80 | opcode, len(payload)]) + payload
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (_unmasked(0x1, b'{"type": "ping"}'), 1002),  # a client must mask
+        (bytes([0xC1]) + _frame(0x1, b"{}")[1:], 1002),  # RSV1 without an extension
+        (_frame(0x3, b"x"), 1002),  # a reserved opcode
+        (_frame(0x9, b"p", fin=False), 1002),  # a fragmented control frame
+        (_frame(0x9, b"p" * 126), 1002),  # a control frame over 125 bytes
+        (_frame(0x0, b"x"), 1002),  # a continuation with no message begun
+        (_frame(0x1, b"{", fin=False) + _frame(0x1, b"}"), 1002),  # a new message mid-message
+        (_frame(0x8, b"\x03"), 1002),  # a close payload of one byte
+        (_frame(0x8, struct.pack("!H", 1005)), 1002),  # a code no peer may send
+        (_frame(0x8, struct.pack("!H", 1000) + b"\xff"), 1007),  # a reason not UTF-8
+        (_frame(0x1, b"{", fin=False) + _frame(0x8, struct.pack("!H", 1000)), 1002),
+    ],
+    ids=[
+        "unmasked",
+        "rsv1",
+        "opcode-3",
+        "fragmented-ping",
+        "long-ping",
+        "lone-continuation",
+        "no-continuation",
+        "short-close",
+        "close-1005",
+        "close-reason-not-utf8",
+        "close-mid-message",
+    ],
+)
+async def test_a_frame_the_protocol_forbids_fails_the_connection(
+    service: Service, data: bytes, code: int
+) -> None:
+    """RFC 6455 §7.1.7: our close frame with the code, then the socket closed; the service
+    forgets the connection."""
+    sock = await opened(service)
+    sock.writer.write(data)
+    opcode, payload = await sock.frame()
+    assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == code, payload
+    assert await sock.closed()
+    for _ in range(100):
+        if service.manager.snapshot()["connections"]["current"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert service.manager.snapshot()["connections"]["current"] == 0
+
+
+async def test_a_frame_over_max_frame_bytes_is_refused_from_its_header(
+    start_service: ServiceFactory,
+) -> None:
+    """1009 as soon as the header says the frame is too large: its payload is never awaited."""
+    service = await start_service(max_message_bytes=1024, max_frame_bytes=16 * 1024)
+    sock = await opened(service)
+    sock.writer.write(bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 1 << 40) + os.urandom(4))
+    opcode, payload = await sock.frame()
+    assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == 1009
+
+
+async def test_frames_split_at_every_byte_arrive_whole(service: Service) -> None:
+    """A message (two fragments and a ping between them) written one byte at a time."""
+    sock = await opened(service)
+    text = orjson.dumps({"type": "auth", "id": "bytes"})
+    data = _frame(0x1, text[:7], fin=False) + _frame(0x9, b"pp") + _frame(0x0, text[7:])
+    for i in range(len(data)):
+        sock.writer.write(data[i : i + 1])
+        await sock.writer.drain()
+        await asyncio.sleep(0.001)
+    assert await sock.frame() == (0xA, b"pp")
+    reply = await sock.message()
+    assert reply["type"] == "ack" and reply["id"] == "bytes"
+
+
 async def test_protocol_ping_is_answered_with_its_payload(service: Service) -> None:
     sock = await opened(service)
     sock.writer.write(_frame(0x9, b"abcd"))

@@ -11,16 +11,31 @@ from __future__ import annotations
 import struct
 
 
-def encode_text_frame(payload: bytes) -> bytes:
-    """RFC 6455 frame: FIN + text opcode, unmasked, with the shortest length encoding."""
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """RFC 6455 frame: FIN + `opcode`, unmasked, with the shortest length encoding."""
     size = len(payload)
+    first = 0x80 | opcode
     if size < 126:
-        header = bytes((0x81, size))
+        header = bytes((first, size))
     elif size < 65536:
-        header = struct.pack("!BBH", 0x81, 126, size)
+        header = struct.pack("!BBH", first, 126, size)
     else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
+        header = struct.pack("!BBQ", first, 127, size)
     return header + payload
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """A text frame (opcode 1): every server message."""
+    return encode_frame(0x1, payload)
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A close frame's payload: the code, then the reason cut to fit a control frame (125
+    bytes in all) at a character boundary."""
+    encoded = reason.encode()
+    if len(encoded) > 123:
+        encoded = encoded[:123].decode(errors="ignore").encode()
+    return struct.pack("!H", code) + encoded
 
 
 def _header_size(wire: bytes) -> int:

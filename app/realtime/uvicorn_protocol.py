@@ -11,18 +11,20 @@ a connect storm that handshake path was 40 % of the server's CPU (docs/performan
   httptools already parsed. Plain HTTP requests on the port (`/health`, `/stats`,
   `/metrics`, …) are served as before.
 * `WebSocketProtocol` validates the handshake from those headers (RFC 6455 §4.2.1), answers
-  with a pre-built `101`, and frames with websockets' sans-I/O `Protocol` (the same frame
-  parser and close handshake uvicorn's ``websockets-sansio`` uses). It speaks ASGI to the
-  application — `receive` / `send` — so the endpoint runs unchanged on any ASGI server; here
-  `receive` reads a deque with one waiter instead of an `asyncio.Queue`, and reading from the
+  with a pre-built `101`, reads the client's frames with `frame_parser.read_frame` and writes
+  its own with `frames.encode_frame`, and runs the closing handshake of RFC 6455 §7 as
+  websockets' sans-I/O `Protocol` did (which held ≈ 1.3 KB per connection: frame_parser.py).
+  It speaks ASGI to the application — `receive` / `send` — so the endpoint runs unchanged on
+  any ASGI server; here `receive` reads a deque with one waiter instead of an `asyncio.Queue`
+  (the deque exists only while messages wait: an empty one is 760 bytes), and reading from the
   socket pauses only once `INBOX_HIGH` messages or `INBOX_HIGH_BYTES` wait (uvicorn pauses and
-  resumes the socket  around every message).
+  resumes the socket around every message).
 
 Every inbound frame — data, continuation, ping, pong, close — spends a token of the
-connection's frame bucket (FRAME_RATE / FRAME_BURST) and a message has at most
-MAX_MESSAGE_FRAGMENTS fragments; past either the connection is closed at once with 1008. Bytes
-are parsed in slices of `FEED_BYTES`, the bucket checked after each, so a read full of tiny
-frames is cut off after one slice instead of being parsed whole. The pongs and pings this
+connection's frame bucket (FRAME_RATE / FRAME_BURST) as it is parsed, and a message has at most
+MAX_MESSAGE_FRAGMENTS fragments; past either the connection is closed at once with 1008, so a
+read full of tiny frames is cut off at the bucket's end instead of being parsed whole. The
+pongs and pings this
 protocol writes count against the same outbound bound as data frames (OUTBOUND_QUEUE_BYTES):
 a client that sends pings and never reads is closed with 3008, and every close that does not
 wait for the peer's reply aborts the socket `CLOSE_GRACE` later, so a peer that never reads
@@ -39,7 +41,6 @@ import asyncio
 import base64
 import binascii
 import collections
-import contextlib
 import enum
 import hashlib
 import logging
@@ -54,12 +55,23 @@ from urllib.parse import unquote
 from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.server import ServerState
-from websockets.exceptions import InvalidState
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol, Side
 
 from app.core.admission import ConnectionGuard
 from app.core.http_protocol import BoundedHttpProtocol, HeadLimits, plain_response
+from app.realtime.frame_parser import (
+    INVALID_DATA,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    PROTOCOL_ERROR,
+    FrameError,
+    parse_close,
+    read_frame,
+)
+from app.realtime.frames import close_payload, encode_frame
 from app.realtime.transport import EXTENSION
 
 if TYPE_CHECKING:
@@ -83,9 +95,6 @@ CLOSE_TIMEOUT = 10.0
 # A close that does not wait for the peer's reply (a bound broken, a parser error, an echo):
 # how long the peer has to take what is buffered before the socket is aborted.
 CLOSE_GRACE = 2.0
-
-# Inbound bytes are parsed this many at a time, the frame bucket checked after each slice.
-FEED_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +223,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "server",
         "client",
         "scheme",
-        "conn",
+        "max_size",
         "limits",
         "guard",
         "address",
@@ -224,6 +233,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "close_timer",
         "_abort_timer",
         "read_paused",
+        "_buffer",
         "_inbox",
         "_inbox_bytes",
         "_waiter",
@@ -231,6 +241,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_frame_tokens",
         "_frame_stamp",
         "_fragments",
+        "_fragment_bytes",
         "_fragment_text",
         "ping_timer",
         "pong_timer",
@@ -257,7 +268,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
         self.scheme = "ws"
-        self.conn = Protocol(Side.SERVER, max_size=config.ws_max_size, logger=logger)
+        self.max_size: int = config.ws_max_size
         self.limits = limits = limits or FrameLimits()
         self.guard: ConnectionGuard | None = None
         self.address = ""
@@ -267,7 +278,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self.close_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self.read_paused = False
-        self._inbox: collections.deque[dict[str, Any]] = collections.deque()
+        # The bytes of a frame not yet complete (None between frames).
+        self._buffer: bytearray | None = None
+        # Messages the application has not taken (None when there are none).
+        self._inbox: collections.deque[dict[str, Any]] | None = None
         self._inbox_bytes = 0  # payload bytes (characters of text) waiting in the inbox
         self._waiter: asyncio.Future[None] | None = None
         # Set while the transport's buffer is above its high-water mark (pause_writing).
@@ -276,7 +290,8 @@ class WebSocketProtocol(asyncio.Protocol):
         # frame, since the stamp is the epoch of the monotonic clock.
         self._frame_tokens = limits.burst
         self._frame_stamp = 0.0
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes] | None = None  # a fragmented message's frames so far
+        self._fragment_bytes = 0
         self._fragment_text = False
         self.ping_timer: asyncio.TimerHandle | None = None
         self.pong_timer: asyncio.TimerHandle | None = None
@@ -345,7 +360,7 @@ class WebSocketProtocol(asyncio.Protocol):
             # This protocol owns the socket: it offers the sink (transport.py).
             "extensions": {EXTENSION: {"transport": self}},
         }
-        self._inbox.append({"type": "websocket.connect"})
+        self._deliver({"type": "websocket.connect"})
         task = self.loop.create_task(self.run_asgi(scope))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -356,7 +371,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._deliver({"type": "websocket.disconnect", "code": code})
         self.connections.discard(self)
         self.state = WebSocketState.CLOSED
-        self._fragments = []
+        self._fragments = self._buffer = None
         self._wake_writer()
         for timer in (self.close_timer, self._abort_timer):
             if timer is not None:
@@ -394,70 +409,72 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         if self.state is WebSocketState.OPEN:
             self._deliver({"type": "websocket.disconnect", "code": 1012})
-            self.conn.send_close(1012)
-            self._write_pending()
-            self.state = WebSocketState.CLOSING
+            self._write_close(1012)
         else:
             self._send_500()
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if len(data) <= FEED_BYTES:
-            self._receive(data)
+        transport = self.transport
+        if transport.is_closing():
+            # Failed or closed: nothing more the peer sends is processed (RFC 6455 §7.1.7).
             return
-        # A large read is parsed a slice at a time: websockets would otherwise parse every
-        # frame in it before the frame bucket is looked at (tens of thousands of empty ones).
-        view = memoryview(data)
-        for start in range(0, len(data), FEED_BYTES):
-            if not self._receive(view[start : start + FEED_BYTES]):
-                return
-
-    def _receive(self, data: bytes | memoryview) -> bool:
-        """Parse and handle `data`; False once the connection is closed for what it sent."""
-        conn = self.conn
-        conn.receive_data(data)  # type: ignore[arg-type]  # a bytearray appends a memoryview
-        if conn.parser_exc is not None:
-            self._fail_from_parser()
-            return False
-        # A server-side Protocol past the handshake only ever yields frames.
-        events = cast("list[Frame]", conn.events_received())
-        if not events:
-            return True
+        buffer = self._buffer
+        received: bytes | bytearray = data
+        if buffer is not None:
+            buffer += data
+            received = buffer
         # Every frame spends a token: data, continuation, ping, pong, close (FRAME_RATE).
         limits = self.limits
         now = time.monotonic()
         tokens = self._frame_tokens + (now - self._frame_stamp) * limits.rate
         if tokens > limits.burst:
             tokens = limits.burst
-        tokens -= len(events)
         self._frame_stamp = now
-        if tokens < 0.0:
-            self._violation("frame rate exceeded")
-            return False
+        position = 0
+        size = len(received)
+        try:
+            while position < size:
+                fragments = self._fragments
+                room = self.max_size if fragments is None else self.max_size - self._fragment_bytes
+                frame = read_frame(received, position, room)
+                if frame is None:
+                    break
+                opcode, fin, payload, position = frame
+                tokens -= 1.0
+                if tokens < 0.0:
+                    self._violation("frame rate exceeded")
+                    return
+                if opcode <= OP_BINARY:
+                    self._on_data(opcode, fin, payload)
+                elif opcode == OP_PING:
+                    if self.state is WebSocketState.OPEN:
+                        self._write_control(encode_frame(OP_PONG, payload))
+                elif opcode == OP_PONG:
+                    self._on_pong(payload)
+                else:
+                    self._on_close(payload)
+                if transport.is_closing():
+                    return
+        except FrameError as exc:
+            self._fail(exc.code, exc.reason)
+            return
         self._frame_tokens = tokens
-        transport = self.transport
-        for event in events:
-            opcode = event.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
-                self._on_data(event)
-            elif opcode is Opcode.PING:
-                # websockets queued the pong already.
-                self._write_control()
-            elif opcode is Opcode.PONG:
-                self._on_pong(event)
-            elif opcode is Opcode.CLOSE:
-                self._on_close()
-            if transport.is_closing():
-                return False
-        return True
+        if position >= size:
+            self._buffer = None
+        elif buffer is not None:
+            del buffer[:position]
+        else:
+            self._buffer = bytearray(memoryview(received)[position:])
 
-    def _write_pending(self) -> None:
-        """Write what websockets' state machine queued (a close frame, an application frame)."""
-        self.transport.write(b"".join(self.conn.data_to_send()))
+    def _write_close(self, code: int, reason: str = "") -> None:
+        """Our close frame, once: only while open (a second one would break the handshake)."""
+        if self.state is WebSocketState.OPEN:
+            self.transport.write(encode_frame(OP_CLOSE, close_payload(code, reason)))
+            self.state = WebSocketState.CLOSING
 
-    def _write_control(self) -> None:
-        """Write a pong or ping websockets queued, within the connection's outbound bound."""
-        data = b"".join(self.conn.data_to_send())
+    def _write_control(self, data: bytes) -> None:
+        """Write a pong or ping, within the connection's outbound bound."""
         sink = self.sink
         if sink is not None:
             queued, limit = sink.queued_bytes, sink.limit
@@ -472,9 +489,10 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self.transport.write(data)
 
-    def _close_now(self) -> None:
-        """Write the close frame websockets queued; close without waiting for a reply."""
-        self._write_pending()
+    def _close_now(self, code: int | None = None, reason: str = "") -> None:
+        """Our close frame with `code` (None: none); close without waiting for a reply."""
+        if code is not None:
+            self._write_close(code, reason)
         self.state = WebSocketState.CLOSING
         self.transport.close()
         # close() waits for the buffer to drain; a peer that never reads would hold it.
@@ -485,13 +503,11 @@ class WebSocketProtocol(asyncio.Protocol):
         """Close now with `code`: the close frame behind what is buffered, no closing handshake."""
         if self.transport.is_closing():
             return
-        with contextlib.suppress(Exception):
-            self.conn.fail(code, reason)
-        self._close_now()
+        self._close_now(code, reason)
 
     def _violation(self, reason: str) -> None:
         """The client broke a frame bound: close 1008 at once and drop what it sent."""
-        self._fragments = []
+        self._fragments = None
         self._deliver({"type": "websocket.disconnect", "code": 1008, "reason": reason})
         logger.info("WebSocket closed with 1008: %s (client %s)", reason, self.address or "?")
         self.abort(1008, reason)
@@ -515,23 +531,28 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # --- inbound --------------------------------------------------------------------------
 
-    def _on_data(self, frame: Frame) -> None:
-        if frame.opcode is not Opcode.CONT:
-            self._fragment_text = frame.opcode is Opcode.TEXT
-            if frame.fin:
-                self._on_message(bytes(frame.data))
-                return
-            self._fragments = [bytes(frame.data)]
-            return
+    def _on_data(self, opcode: int, fin: bool, payload: bytes) -> None:
         fragments = self._fragments
+        if opcode != OP_CONT:
+            if fragments is not None:
+                raise FrameError(PROTOCOL_ERROR, "expected a continuation frame")
+            self._fragment_text = opcode == OP_TEXT
+            if fin:
+                self._on_message(payload)
+                return
+            self._fragments = [payload]
+            self._fragment_bytes = len(payload)
+            return
+        if fragments is None:
+            raise FrameError(PROTOCOL_ERROR, "unexpected continuation frame")
         if len(fragments) >= self.limits.max_fragments:
             self._violation("too many fragments")
             return
-        fragments.append(bytes(frame.data))
-        if frame.fin:
-            data = b"".join(fragments)
-            self._fragments = []
-            self._on_message(data)
+        fragments.append(payload)
+        self._fragment_bytes += len(payload)
+        if fin:
+            self._fragments = None
+            self._on_message(b"".join(fragments))
 
     def _on_message(self, data: bytes) -> None:
         if self.closing:
@@ -541,8 +562,7 @@ class WebSocketProtocol(asyncio.Protocol):
             try:
                 text = data.decode()
             except UnicodeDecodeError:
-                self.conn.fail(1007, "invalid UTF-8")
-                self._fail_from_parser()
+                self._fail(INVALID_DATA, "invalid UTF-8")
                 return
             self._deliver({"type": "websocket.receive", "text": text})
             # Counted as `receive` will subtract it: in characters for text.
@@ -550,19 +570,23 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             self._deliver({"type": "websocket.receive", "bytes": data})
             self._inbox_bytes += len(data)
+        waiting = len(self._inbox)  # type: ignore[arg-type]  # _deliver has made it
         if not self.read_paused and (
-            len(self._inbox) >= INBOX_HIGH or self._inbox_bytes >= INBOX_HIGH_BYTES
+            waiting >= INBOX_HIGH or self._inbox_bytes >= INBOX_HIGH_BYTES
         ):
             self.read_paused = True
             self.transport.pause_reading()
 
     def _deliver(self, message: dict[str, Any]) -> None:
-        self._inbox.append(message)
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = collections.deque()
+        inbox.append(message)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _on_close(self) -> None:
+    def _on_close(self, payload: bytes) -> None:
         if self.closing:
             # The peer answered our close frame: the closing handshake is complete.
             if self.close_timer is not None:
@@ -570,20 +594,19 @@ class WebSocketProtocol(asyncio.Protocol):
                 self.close_timer = None
                 self.transport.close()
             return
-        if not self.transport.is_closing():
-            received = self.conn.close_rcvd
-            code = received.code if received is not None else 1005
-            reason = received.reason if received is not None else ""
-            self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
-            # websockets queued the echo of the close frame.
-            self._close_now()
-
-    def _fail_from_parser(self) -> None:
-        sent = self.conn.close_sent
-        code = sent.code if sent is not None else 1002
-        reason = sent.reason if sent is not None else ""
+        code, reason = parse_close(payload)
+        if self._fragments is not None:
+            raise FrameError(PROTOCOL_ERROR, "incomplete fragmented message")
         self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+        # The echo of the peer's close frame, its payload as it came (RFC 6455 §5.5.1).
+        if self.state is WebSocketState.OPEN:
+            self.transport.write(encode_frame(OP_CLOSE, payload))
         self._close_now()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): our close frame, no wait for the reply."""
+        self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._close_now(code, reason)
 
     # --- keepalive (as uvicorn's websockets-sansio: WS_PING_INTERVAL / WS_PING_TIMEOUT) -----
 
@@ -612,8 +635,7 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
         self.ping_sent_at = self.loop.time()
-        self.conn.send_ping(self.pending_ping_payload)
-        self._write_control()
+        self._write_control(encode_frame(OP_PING, self.pending_ping_payload))
         if self.transport.is_closing():
             return
         timeout = self.config.ws_ping_timeout
@@ -622,9 +644,9 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             self._schedule_ping()
 
-    def _on_pong(self, frame: Frame) -> None:
+    def _on_pong(self, payload: bytes) -> None:
         # Unsolicited or stale pongs (another payload) are ignored.
-        if self.pending_ping_payload is None or bytes(frame.data) != self.pending_ping_payload:
+        if self.pending_ping_payload is None or payload != self.pending_ping_payload:
             return
         self.last_ping_rtt = self.loop.time() - self.ping_sent_at
         self.pending_ping_payload = None
@@ -638,8 +660,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.pending_ping_payload = None
         if self.closing or self.transport.is_closing():
             return
-        self.conn.fail(1011, "keepalive ping timeout")
-        self._close_now()
+        self._close_now(1011, "keepalive ping timeout")
 
     # --- ASGI -----------------------------------------------------------------------------
 
@@ -667,14 +688,16 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport.write(plain_response(500, "Internal Server Error"))
 
     async def receive(self) -> dict[str, Any]:
-        inbox = self._inbox
-        while not inbox:
+        while not self._inbox:
             waiter = self._waiter = self.loop.create_future()
             try:
                 await waiter
             finally:
                 self._waiter = None
+        inbox = self._inbox
         message = inbox.popleft()
+        if not inbox:
+            self._inbox = None  # an idle connection holds no deque
         if message["type"] == "websocket.receive":
             payload = message.get("text")
             if payload is None:
@@ -712,34 +735,27 @@ class WebSocketProtocol(asyncio.Protocol):
             raise RuntimeError(
                 f"Unexpected ASGI message {kind!r}, after sending 'websocket.close'."
             )
-        try:
-            if kind == "websocket.send":
-                data = message.get("bytes")
-                if data is not None:
-                    self.conn.send_binary(data)
-                else:
-                    self.conn.send_text(message["text"].encode())
-                self._write_pending()
-            elif kind == "websocket.close":
-                if self.transport.is_closing():
-                    return
-                code = message.get("code", 1000)
-                reason = message.get("reason") or ""
-                self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
-                self.conn.send_close(code, reason)
-                self._write_pending()
-                self.state = WebSocketState.CLOSING
-                if self.read_paused:
-                    self.read_paused = False
-                    self.transport.resume_reading()
-                self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+        if kind == "websocket.send":
+            data = message.get("bytes")
+            if data is not None:
+                self.transport.write(encode_frame(OP_BINARY, data))
             else:
-                raise RuntimeError(
-                    "Expected ASGI message 'websocket.send' or 'websocket.close', "
-                    f"but got {kind!r}."
-                )
-        except InvalidState:
-            raise ClientDisconnected() from None
+                self.transport.write(encode_frame(OP_TEXT, message["text"].encode()))
+        elif kind == "websocket.close":
+            if self.transport.is_closing():
+                return
+            code = message.get("code", 1000)
+            reason = message.get("reason") or ""
+            self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self._write_close(code, reason)
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+        else:
+            raise RuntimeError(
+                f"Expected ASGI message 'websocket.send' or 'websocket.close', but got {kind!r}."
+            )
 
     def _accept_handshake(self, message: dict[str, Any]) -> None:
         if self.transport.is_closing():
