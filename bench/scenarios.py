@@ -21,6 +21,7 @@ from typing import Any
 from bench.loadgen import Phase, node_argv, run_load
 from bench.procfs import cpu_percent, other_on_core_percent, sample
 from bench.profile import Profiler, summarize
+from bench.rest_write import scenario as rest_write
 from bench.scale import cluster, connections_100k
 from bench.servers import OURS, REFERENCE, ROOT, Pinning, RunningServer, run_server
 
@@ -397,6 +398,19 @@ SCENARIOS: tuple[Scenario, ...] = (
         "raw SQL INSERT INTO tasks → task.created (PostgreSQL)",
         bridge(True),
         (OURS,),
+    ),
+    Scenario(
+        "rest-write",
+        "POST /api/tasks, 16 clients, vs a naive FastAPI service (SQLite; the full matrix: "
+        "python -m bench.rest_write)",
+        rest_write(False),
+        rounds=2,
+    ),
+    Scenario(
+        "rest-write-postgres",
+        "POST /api/tasks, 16 clients, vs a naive FastAPI service (PostgreSQL)",
+        rest_write(True),
+        rounds=2,
     ),
     Scenario("metrics-cost", "metric.update with a million rows", metrics_cost, (OURS,)),
     Scenario(
