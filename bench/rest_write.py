@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--claim-seed",
         type=int,
         default=None,
-        help="pending tasks before the claims (default 6000, quick 2500)",
+        help="pending tasks before the claims (default 2000, quick 1000)",
     )
     parser.add_argument("--quick", action="store_true", help="2 s windows")
     parser.add_argument("--no-pin", action="store_true")
@@ -500,7 +500,7 @@ async def main(args: argparse.Namespace) -> int:
             seconds=args.seconds or (2.0 if args.quick else 5.0),
             warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0),
             patch_seed=args.patch_seed,
-            claim_seed=args.claim_seed or (2500 if args.quick else 6000),
+            claim_seed=args.claim_seed or (1000 if args.quick else 2000),
             server_env=dict(item.split("=", 1) for item in args.env),
             profile_dir=args.profile,
             profile_native=args.native,
