@@ -1,8 +1,12 @@
-"""`python -m bench`: run the suite against the service and the reference, print the table.
+"""`python -m bench`: run the suite against the service and the references, print the table.
+
+The references are a bare-`websockets` server (`reference`) and a Node.js `ws` one (`node-ws`),
+both speaking the service's JSON protocol; every row of ours carries its ratio to each.
 
     python -m bench                       # every scenario, a few minutes
     python -m bench --quick               # shorter windows, fewer connections: about a minute
     python -m bench --scenario fanout-1000-max --scenario idle-10000
+    python -m bench --scenario channels-1000 --server context-manager --server node-ws
     python -m bench --list
 
 Each row is printed as one JSON line and appended to bench/results/<UTC date>.jsonl.
@@ -23,21 +27,22 @@ from pathlib import Path
 from bench.machine import describe
 from bench.procfs import machine_busy_percent
 from bench.report import (
+    add_ratios,
     append,
     correctness_problems,
     json_line,
-    ratios,
     table,
     targets_report,
 )
 from bench.scenarios import BY_NAME, SCENARIOS, Context, Row, Scenario
-from bench.servers import OURS, REFERENCE, ROOT, Pinning
+from bench.servers import ROOT, SERVERS, Pinning
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark context-manager against a bare-websockets reference server.",
+        description="Benchmark context-manager against a bare-websockets and a Node.js ws "
+        "reference server.",
     )
     parser.add_argument("--quick", action="store_true", help="about a minute: shorter windows")
     parser.add_argument(
@@ -50,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--server",
         action="append",
-        choices=(OURS, REFERENCE),
-        help="run only against this server (repeatable; default both)",
+        choices=SERVERS,
+        help="run only against this server (repeatable; default all three)",
     )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load to CPUs")
@@ -72,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="record the service with py-spy over each window; stacks and summaries go to DIR",
+        help="record the Python servers with py-spy over each window (not node-ws); stacks "
+        "and summaries go to DIR",
     )
     parser.add_argument(
         "--native",
@@ -151,10 +157,7 @@ async def run_rounds(
                 round(scenario.score(row), 3) if row in good else None for row in rows
             ]
         best[server] = chosen
-    ours, reference = best.get(OURS), best.get(REFERENCE)
-    if ours is not None and reference is not None:
-        if not any(key in row for row in (ours, reference) for key in ("skipped", "failed")):
-            ours["ratio"] = ratios(ours, reference)
+    add_ratios(best)
     return list(best.values())
 
 
@@ -170,7 +173,7 @@ async def main(args: argparse.Namespace) -> int:
         if args.scenario
         else [scenario for scenario in SCENARIOS if not scenario.heavy]
     )
-    servers = tuple(args.server or (REFERENCE, OURS))
+    servers = tuple(args.server or SERVERS)
     env = dict(item.split("=", 1) for item in args.env)
     pinning = Pinning.detect(not args.no_pin)
     quiet = args.quiet_wait if args.quiet_wait is not None else (0.5 if args.quick else 2.0)

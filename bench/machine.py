@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -35,6 +36,16 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+def node_ws_version(root: Path) -> str | None:
+    """The `ws` package installed in bench/node (load generator and the node-ws reference)."""
+    try:
+        text = (root / "bench" / "node" / "node_modules" / "ws" / "package.json").read_text()
+    except OSError:
+        return None
+    version = json.loads(text).get("version")
+    return str(version) if version else None
+
+
 def describe(root: Path) -> dict[str, object]:
     """nproc, CPU model, Python, Node and library versions, commit."""
     import uvicorn
@@ -53,6 +64,7 @@ def describe(root: Path) -> dict[str, object]:
         "python": platform.python_version(),
         "node": node,
         "websockets": websockets.__version__,
+        "ws": node_ws_version(root),
         "uvicorn": uvicorn.__version__,
         "kernel": platform.release(),
         "commit": git_commit(root),

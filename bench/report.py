@@ -1,4 +1,4 @@
-"""Ratios to the reference, the issue's targets, JSON lines and the final table."""
+"""Ratios to the references, the issues' targets, JSON lines and the final table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bench.servers import OURS, REFERENCE
+from bench.servers import NODE_WS, OURS, REFERENCE, REFERENCES
 
 Row = dict[str, Any]
 
@@ -46,6 +46,11 @@ RATIOS: dict[str, Callable[[Row], float | None]] = {
 }
 
 
+# The key of ours's ratios to each reference in a row (`ratio` stays the bare-websockets one).
+RATIO_KEYS: dict[str, str] = {REFERENCE: "ratio", NODE_WS: "ratio_node_ws"}
+assert set(RATIO_KEYS) == set(REFERENCES)
+
+
 def ratios(ours: Row, reference: Row) -> dict[str, float]:
     """Each figure of `ours` divided by the reference's, where both have it."""
     out: dict[str, float] = {}
@@ -54,6 +59,17 @@ def ratios(ours: Row, reference: Row) -> dict[str, float]:
         if a is not None and b:
             out[name] = round(a / b, 3)
     return out
+
+
+def add_ratios(best: dict[str, Row]) -> None:
+    """Put ours's ratios to each reference measured in the same run into ours's row."""
+    ours = best.get(OURS)
+    if ours is None or "skipped" in ours or "failed" in ours:
+        return
+    for reference, key in RATIO_KEYS.items():
+        row = best.get(reference)
+        if row is not None and "skipped" not in row and "failed" not in row:
+            ours[key] = ratios(ours, row)
 
 
 @dataclass(frozen=True)
@@ -76,8 +92,8 @@ class Target:
         return value, self.compare(value, self.bound)
 
 
-def _ratio(name: str) -> Callable[[Row], float | None]:
-    return lambda row: (row.get("ratio") or {}).get(name)
+def _ratio(name: str, reference: str = REFERENCE) -> Callable[[Row], float | None]:
+    return lambda row: (row.get(RATIO_KEYS[reference]) or {}).get(name)
 
 
 TARGETS = (
@@ -86,9 +102,17 @@ TARGETS = (
     ),
     Target("fanout-1000-max", "p99 ≤ 1.2× ref", _ratio("p99"), operator.le, 1.2),
     Target("channels-1000", "deliveries/s ≥ 0.9× ref", _ratio("delivered_per_s"), operator.ge, 0.9),
+    Target(
+        "channels-1000",
+        "deliveries/s ≥ 1.0× node ws",
+        _ratio("delivered_per_s", NODE_WS),
+        operator.ge,
+        1.0,
+    ),
     Target("fanout-1000-rate", "p99 ≤ 1.2× ref", _ratio("p99"), operator.le, 1.2),
     Target("idle-10000", "memory/conn ≤ 1.3× ref", _ratio("memory"), operator.le, 1.3),
     Target("idle-10000", "memory/conn ≤ 20 KB", _get("rss_per_conn_kb"), operator.le, 20.0),
+    Target("idle-10000", "memory/conn ≤ 8 KB", _get("rss_per_conn_kb"), operator.le, 8.0),
     Target("storm-1000", "connections/s ≥ 0.9× ref", _ratio("conn_per_s"), operator.ge, 0.9),
     Target("rest-ws", "p99 < 20 ms (SQLite)", _p99, operator.lt, 20.0),
     Target("rest-ws-postgres", "p99 < 20 ms (PostgreSQL)", _p99, operator.lt, 20.0),
@@ -142,8 +166,8 @@ def _extra(row: Row) -> str:
     return ""
 
 
-def _vs(row: Row) -> str:
-    ratio = row.get("ratio") or {}
+def _vs(row: Row, reference: str) -> str:
+    ratio = row.get(RATIO_KEYS[reference]) or {}
     labels = {
         "delivered_per_s": "del/s",
         "p99": "p99",
@@ -154,6 +178,8 @@ def _vs(row: Row) -> str:
     return ", ".join(f"{labels[k]} ×{v:.2f}" for k, v in ratio.items() if k in labels)
 
 
+SHORT_NAMES = {OURS: "ours", REFERENCE: "ref", NODE_WS: "node"}
+
 # A generator this busy may be what limits the figure: the row is marked, not dropped.
 LOAD_BOUND_PCT = 90.0
 
@@ -162,15 +188,15 @@ def table(rows: list[Row]) -> str:
     """The run as a Markdown table (reads fine in a terminal, pastes into the docs)."""
     header = (
         "| scenario | server | delivered/s | p50 ms | p99 ms | max ms | lost/dup/ooo "
-        "| CPU % | other % | CPU µs/unit | peak RSS MB | | vs reference |"
+        "| CPU % | other % | CPU µs/unit | peak RSS MB | | vs reference | vs node ws |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 14]
     for row in rows:
         name = row["scenario"]
-        server = "ours" if row["server"] == OURS else "ref" if row["server"] == REFERENCE else ""
+        server = SHORT_NAMES.get(row["server"], row["server"])
         if "skipped" in row or "failed" in row:
             note = row.get("skipped") or f"FAILED: {row.get('failed')}"
-            lines.append(f"| {name} | {server} | {note} |" + " |" * 10)
+            lines.append(f"| {name} | {server} | {note} |" + " |" * 11)
             continue
         latency = row.get("latency_ms") or {}
         counts = "/".join(str(row.get(k, "–")) for k in ("lost", "duplicated", "out_of_order"))
@@ -184,13 +210,14 @@ def table(rows: list[Row]) -> str:
             f"| {_num(row.get('other_on_server_core_pct'))} "
             f"| {_num(row.get('server_cpu_us_per_unit'), 1)} "
             f"| {_num(peak / 1024 if isinstance(peak, int | float) else None, 1)} "
-            f"| {_extra(row)} | {_vs(row)} |"
+            f"| {_extra(row)} | {_vs(row, REFERENCE)} | {_vs(row, NODE_WS)} |"
         )
     lines.append(
         f"\n† the load generator used ≥ {LOAD_BOUND_PCT:.0f}% of its core: "
         "the figure may be the generator's limit. other % = busy time of the server's core not "
         "spent in the server (other processes, loopback TCP in softirq). CPU µs/unit = server "
-        "CPU per delivered event (per connection in storm-1000)."
+        "CPU per delivered event (per connection in storm-1000). ref = bare websockets "
+        "(bench/reference_server.py), node = Node.js ws (bench/node/reference_server.mjs)."
     )
     return "\n".join(lines)
 

@@ -3,8 +3,10 @@
 Every scenario starts a fresh server (bench/servers.py), drives it with a load generator on the
 other core (bench/loadgen.py) and returns one row: the generator's figures plus the server's CPU
 over the measurement window and its peak RSS (VmHWM). Durations are bounded; `--quick` shortens
-them. Scenarios that need the REST API or the bridge run `context-manager serve` and report
-`skipped` until those exist.
+them. The WebSocket scenarios run against the service and both references (bench/servers.py:
+SERVERS); those of the REST API, the bridge and metric.update against the service alone.
+Scenarios that need the REST API or the bridge run `context-manager serve` and report `skipped`
+until those exist.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from bench.procfs import cpu_percent, other_on_core_percent, sample
 from bench.profile import Profiler, summarize
 from bench.rest_write import scenario as rest_write
 from bench.scale import cluster, connections_100k
-from bench.servers import OURS, REFERENCE, ROOT, Pinning, RunningServer, run_server
+from bench.servers import OURS, PYTHON_SERVERS, ROOT, SERVERS, Pinning, RunningServer, run_server
 
 Row = dict[str, Any]
 
@@ -64,7 +66,7 @@ class Scenario:
     name: str
     summary: str
     run: Runner
-    servers: tuple[str, ...] = (REFERENCE, OURS)
+    servers: tuple[str, ...] = SERVERS
     rounds: int = 1
     score: Callable[[Row], float] = most_delivered
     # Minutes of load and gigabytes of memory: run only when named with --scenario.
@@ -101,7 +103,7 @@ async def _drive(
     """Run a load generator against `server`, with py-spy over its window if asked to."""
     profiler: Profiler | None = None
     raw: Path | None = None
-    if ctx.profile_dir is not None:
+    if ctx.profile_dir is not None and server.name in PYTHON_SERVERS:
         ctx.profile_dir.mkdir(parents=True, exist_ok=True)
         raw = ctx.profile_dir / f"{ctx.label or server.name}.txt"
         profiler = Profiler(server.pid, raw, ctx.pinning, native=ctx.profile_native)

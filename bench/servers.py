@@ -1,4 +1,8 @@
-"""Start and stop the servers under test: the service as a user runs it, and the baseline.
+"""Start and stop the servers under test: the service as a user runs it, and the two baselines.
+
+The baselines speak the same JSON protocol in a few dozen lines: `reference` on Python's bare
+`websockets` (bench/reference_server.py) and `node-ws` on Node.js and the `ws` package
+(bench/node/reference_server.mjs, `ws` pinned in bench/node/package-lock.json).
 
 Each scenario gets a fresh server process on free loopback ports with its own temporary SQLite
 file, so peak RSS (VmHWM) belongs to that scenario alone. The server is pinned to CPU 0 with
@@ -26,8 +30,12 @@ import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = "context-manager"
-REFERENCE = "reference"
-SERVERS = (REFERENCE, OURS)
+REFERENCE = "reference"  # bare `websockets`: the reference of issue 5, `ratio` in a row
+NODE_WS = "node-ws"  # Node.js `ws`: the second reference (issue 20), `ratio_node_ws` in a row
+REFERENCES = (REFERENCE, NODE_WS)
+SERVERS = (REFERENCE, NODE_WS, OURS)  # the order of each round
+# py-spy reads Python stacks only: --profile records these and leaves node-ws alone.
+PYTHON_SERVERS = (REFERENCE, OURS)
 
 # The limits stay on (every message still goes through their checks), with thresholds above what
 # the scenarios ask of one node from one address: 10,000 idle connections from 127.0.0.1, a
@@ -167,7 +175,7 @@ async def run_server(
     ready_timeout: float = 30.0,
     files: int = WANTED_FILES,
 ) -> AsyncIterator[RunningServer]:
-    """Start `name` (OURS or REFERENCE), wait until it serves, stop it on exit."""
+    """Start `name` (one of SERVERS), wait until it serves, stop it on exit."""
     ws_port, api_port, dashboard_port = free_ports(3)
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
@@ -194,6 +202,18 @@ async def run_server(
         argv = [
             sys.executable,
             str(ROOT / "bench" / "reference_server.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ws_port),
+        ]
+    elif name == NODE_WS:
+        from bench.loadgen import NODE_DIR, ensure_node  # loadgen imports this module
+
+        database_url = None
+        argv = [
+            ensure_node(),
+            str(NODE_DIR / "reference_server.mjs"),
             "--host",
             "127.0.0.1",
             "--port",
