@@ -164,9 +164,9 @@ async def run_rounds(
 async def main(args: argparse.Namespace) -> int:
     if args.list:
         for scenario in SCENARIOS:
-            servers = ", ".join(scenario.servers)
+            names = ", ".join(scenario.servers)
             heavy = "  (heavy: only with --scenario)" if scenario.heavy else ""
-            print(f"{scenario.name:18} {scenario.summary}  [{servers}]{heavy}")
+            print(f"{scenario.name:18} {scenario.summary}  [{names}]{heavy}")
         return 0
     chosen = (
         [BY_NAME[name] for name in args.scenario]
