@@ -191,7 +191,8 @@ class Bridge:
     async def wait_listening(self, timeout: float = 10.0) -> None:
         """Until the LISTEN connection is up (PostgreSQL); at once on SQLite."""
         if self.postgres:
-            await asyncio.wait_for(self._listening.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._listening.wait()
 
     # --- the persisted cursor -------------------------------------------------------------
 
@@ -268,7 +269,8 @@ class Bridge:
                 delay = min(delay * 2, self.settings.bridge_reconnect_max_delay)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.bridge_poll_interval)
+                async with asyncio.timeout(self.settings.bridge_poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def deliver_pending(self) -> int:
@@ -423,7 +425,8 @@ class Bridge:
                 if got:
                     await self._take_over()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), KEEPALIVE)
+                async with asyncio.timeout(KEEPALIVE):
+                    await lost.wait()
             if not lost.is_set():
                 await connection.fetchval("SELECT 1", timeout=KEEPALIVE)
         raise ConnectionError("bridge LISTEN connection lost")

@@ -264,7 +264,8 @@ async def _newest_outbox_id(root: FastAPI) -> int | None:
             return int(value) if value is not None else 0
 
     try:
-        return await asyncio.wait_for(query(), BRIDGE_LAG_TIMEOUT)
+        async with asyncio.timeout(BRIDGE_LAG_TIMEOUT):
+            return await query()
     except Exception:  # noqa: BLE001 - no lag figure this scrape, the rest still renders
         return None
 

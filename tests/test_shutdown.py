@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -91,6 +92,45 @@ async def test_no_new_connections_while_draining(
         async with connect(f"ws://127.0.0.1:{service.settings.ws_port}/", open_timeout=5) as ws:
             await ws.recv()
     assert len(service.manager.connections) == 1
+
+
+async def test_a_wake_that_comes_with_the_stop_does_not_keep_a_loop_running(
+    start_service: ServiceFactory,
+) -> None:
+    """Each background loop waits for "something to do" or a timeout; a stop that arrives in
+    the same iteration as a wake must still stop it. (On Python 3.11 `asyncio.wait_for` drops
+    such a cancellation and the loop ran forever: a CI teardown hung for 120 s.)"""
+    service = await start_service()
+    runtime = service.app.state.runtime
+    await asyncio.sleep(0.5)  # every loop parked in its wait
+
+    async def agent_connected() -> None:
+        await runtime.agents.on_presence("agent.connected", "a1", {})
+
+    wakes: list[tuple[str, Callable[[], Any], Any]] = [
+        ("bridge", runtime.bridge.wake, runtime.bridge),
+        ("webhook fan-out", runtime.webhooks.dispatcher.wake, runtime.webhooks.dispatcher),
+        ("webhook delivery", runtime.webhooks.deliverer.wake, runtime.webhooks.deliverer),
+        ("agents writer", agent_connected, runtime.agents),
+    ]
+    for name, wake, part in wakes:
+        woken = wake()
+        if asyncio.iscoroutine(woken):
+            await woken  # returns without suspending: the wake and the stop share an iteration
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(part.stop(), 10)
+        # Timed rather than trusted to raise: a stop that swallows its caller's own
+        # cancellation would make the `wait_for` above return as though all went well.
+        elapsed = time.monotonic() - started
+        assert elapsed < 5, f"the {name} loop took {elapsed:.1f} s to stop, woken as it stopped"
+
+
+def test_the_service_times_out_with_asyncio_timeout_only() -> None:
+    """`asyncio.wait_for` loses cancellations on 3.11 (see app/core/tasks.py): none in app/."""
+    root = Path(__file__).parent.parent / "app"
+    users = [str(p) for p in root.rglob("*.py") if "asyncio.wait_for(" in p.read_text()]
+    assert users == []
 
 
 # --- the real process, real signals ----------------------------------------------------------

@@ -1,4 +1,10 @@
-"""Background tasks: the one way to stop one."""
+"""Background tasks: the one way to stop one.
+
+Timeouts in this codebase are `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11 a
+`wait_for` whose awaitable completes in the iteration its task is cancelled returns normally
+and drops the cancellation, so a loop that waits for "a wake or a timeout" and is stopped as it
+is woken runs on forever (a shutdown that never ends; tests/test_shutdown.py).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,14 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        # The task's own cancellation is what we asked for; our caller's is not ours to
+        # swallow (a `wait_for` around a stop would otherwise never time out).
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
 
 
 T = TypeVar("T")

@@ -106,7 +106,8 @@ class AgentRecorder:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._urgent.wait()
                 await asyncio.sleep(DEBOUNCE)
             self._urgent.clear()
             try:

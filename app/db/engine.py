@@ -105,7 +105,8 @@ async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:
             await connection.execute(text("SELECT 1"))
 
     try:
-        await asyncio.wait_for(_ping(), timeout)
+        async with asyncio.timeout(timeout):
+            await _ping()
     except Exception:  # noqa: BLE001 - any failure means "unreachable"
         return False
     return True

@@ -198,7 +198,8 @@ class Feeds:
                 waits.append(self._task_feed.live.wait())
         task_ids = [m.group(1) for uri in uris if (m := _TASK_RE.match(uri))]
         try:
-            await asyncio.wait_for(asyncio.gather(*waits, self._prime(task_ids)), READY_SECONDS)
+            async with asyncio.timeout(READY_SECONDS):
+                await asyncio.gather(*waits, self._prime(task_ids))
         except TimeoutError:
             logger.warning(
                 "MCP feeds not live after %s s; serving the stream anyway", READY_SECONDS

@@ -282,7 +282,8 @@ class Relay:
         try:
             for feed in feeds:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(feed.settled.wait(), READY_SECONDS)
+                    async with asyncio.timeout(READY_SECONDS):
+                        await feed.settled.wait()
                 if feed.refusal is not None:
                     raise feed.refusal
             return await call_next(ctx)

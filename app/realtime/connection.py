@@ -119,7 +119,8 @@ class QueueSink:
         self._close = (code, reason)
         self._wake()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._task)
         except TimeoutError:
             self.abort(code, reason)
 

@@ -144,7 +144,8 @@ class DirectSink:
         # The protocol's close waits until the transport drained below its high-water mark,
         # so the close frame goes out after everything queued before it.
         try:
-            await asyncio.wait_for(self._proto.close(code, reason), timeout)
+            async with asyncio.timeout(timeout):
+                await self._proto.close(code, reason)
         except (TimeoutError, Exception):  # noqa: BLE001 - any failure here means: abort
             self.abort(code, reason)
 

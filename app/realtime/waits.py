@@ -56,7 +56,8 @@ class Watch:
     async def wait(self) -> bool:
         """Until a matching publication (True) or the deadline (False); then re-arm."""
         try:
-            await asyncio.wait_for(self._event.wait(), self.remaining)
+            async with asyncio.timeout(self.remaining):
+                await self._event.wait()
         except TimeoutError:
             return False
         self._event.clear()

@@ -136,10 +136,10 @@ class AddressGuard:
             return [literal]
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
-                self.resolve_timeout,
-            )
+            async with asyncio.timeout(self.resolve_timeout):
+                infos = await loop.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
         except TimeoutError:
             raise UrlRefused(
                 f"{host} did not resolve within {self.resolve_timeout:g} s", UNRESOLVABLE

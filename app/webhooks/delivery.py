@@ -187,7 +187,8 @@ class Deliverer:
                 wait = delay
                 delay = min(delay * 2, MAX_DELAY)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _round(self) -> float | None:

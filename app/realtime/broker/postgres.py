@@ -274,7 +274,8 @@ class PostgresBroker(StoredHistory):
         self._listener = asyncio.create_task(self._link.run(), name="postgres-broker-listener")
         self._cleaner = asyncio.create_task(self._cleanup_loop(), name="postgres-broker-cleanup")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._link.connected.wait(), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._link.connected.wait()
         if not self.healthy:
             logger.warning("PostgreSQL LISTEN is not established yet; retrying in the background")
 
@@ -365,7 +366,8 @@ class PostgresBroker(StoredHistory):
     async def _watch(self, connection: asyncpg.Connection) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), PING_INTERVAL)
+                async with asyncio.timeout(PING_INTERVAL):
+                    await self._lost.wait()
             if self._lost.is_set() or connection.is_closed():
                 raise ConnectionError("LISTEN connection lost")
             await connection.fetchval("SELECT 1", timeout=PING_INTERVAL)

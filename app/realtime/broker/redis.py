@@ -432,7 +432,8 @@ class RedisBroker(StoredHistory):
         )
         # Normally connected in a few ms; if Redis is down the node starts anyway, unready.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._link.connected.wait(), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._link.connected.wait()
         if not self.healthy:
             logger.warning("Redis %s is not reachable yet; retrying in the background", self.name)
 
@@ -466,8 +467,8 @@ class RedisBroker(StoredHistory):
         context = ssl.create_default_context() if parts.scheme == "rediss" else None
         host, port = await self._link_address()
         loop = asyncio.get_running_loop()
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            _, protocol = await loop.create_connection(
                 lambda: _PubSubProtocol(
                     self._channel_of,
                     self._tracker.deliver,
@@ -477,14 +478,13 @@ class RedisBroker(StoredHistory):
                 host,
                 port,
                 ssl=context,
-            ),
-            CONNECT_TIMEOUT,
-        )
+            )
         if parts.password is not None:
             credentials = [unquote(parts.password)]
             if parts.username:
                 credentials.insert(0, unquote(parts.username))
-            await asyncio.wait_for(protocol.call("AUTH", *credentials), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await protocol.call("AUTH", *credentials)
         self._protocol = protocol
         return protocol
 
@@ -518,7 +518,8 @@ class RedisBroker(StoredHistory):
             batch = channels[start : start + 500]
             protocol.send(self.subscribe_command, *(self._pubsub_name(c) for c in batch))
         if waiters:
-            await asyncio.wait_for(asyncio.gather(*waiters), SUBSCRIBE_TIMEOUT)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                await asyncio.gather(*waiters)
 
     def _drop_link(self, protocol: _PubSubProtocol | None) -> None:
         self._protocol = None
@@ -531,7 +532,8 @@ class RedisBroker(StoredHistory):
         while True:
             interval = self._ping_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(protocol.closed), interval)
+                async with asyncio.timeout(interval):
+                    await asyncio.shield(protocol.closed)
             if protocol.closed.done():
                 raise ConnectionError("Redis pub/sub connection closed")
             if time.monotonic() - protocol.last_pong > 2 * interval:
@@ -550,7 +552,8 @@ class RedisBroker(StoredHistory):
         waiter = self._expect_subscribed(channel)
         try:
             protocol.send(self.subscribe_command, self._pubsub_name(channel))
-            await asyncio.wait_for(waiter, SUBSCRIBE_TIMEOUT)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                await waiter
         except BaseException as exc:
             self._channels.discard(channel)
             if isinstance(exc, asyncio.CancelledError):

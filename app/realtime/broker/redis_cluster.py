@@ -132,7 +132,8 @@ class RedisClusterBroker(ShardedRedisBroker):
     async def start(self, handler: BrokerHandler) -> None:
         self._handler = handler
         try:
-            await asyncio.wait_for(self._discover(), CONNECT_TIMEOUT + 2)
+            async with asyncio.timeout(CONNECT_TIMEOUT + 2):
+                await self._discover()
         except (RedisError, OSError, TimeoutError) as exc:
             # As with one Redis: the node starts, unready, and keeps trying.
             logger.warning("Redis Cluster is not reachable yet (%s); retrying", exc)
@@ -144,7 +145,8 @@ class RedisClusterBroker(ShardedRedisBroker):
         while not self.shards:
             await asyncio.sleep(DISCOVERY_RETRY)
             try:
-                await asyncio.wait_for(self._discover(), CONNECT_TIMEOUT + 2)
+                async with asyncio.timeout(CONNECT_TIMEOUT + 2):
+                    await self._discover()
             except (RedisError, OSError, TimeoutError):
                 continue
             assert self._handler is not None
