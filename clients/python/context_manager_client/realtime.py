@@ -308,7 +308,8 @@ class RealtimeClient:
                 await self._state_changed.wait_for(predicate)
 
         try:
-            await asyncio.wait_for(_wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await _wait()
         except TimeoutError:
             raise RealtimeError("TIMEOUT", f"not {what} within {timeout} s") from None
 
@@ -388,10 +389,14 @@ class RealtimeClient:
             )
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
+                # comes with the wake, and close() does both at once.
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _session(self, ws: ClientConnection) -> None:
-        hello = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
+        async with asyncio.timeout(self.open_timeout):
+            hello = json.loads(await ws.recv())
         if hello.get("type") != "connected":
             raise InvalidHandshake(f"expected a connected frame, got {hello!r}")
         self.client_id = hello.get("client_id")
@@ -587,9 +592,8 @@ class RealtimeClient:
                 raise RealtimeError("QUEUE_FULL", "too many messages waiting for a connection")
             self._outbox.append(text)
         try:
-            return await asyncio.wait_for(
-                future, timeout if timeout is not None else self.request_timeout
-            )
+            async with asyncio.timeout(timeout if timeout is not None else self.request_timeout):
+                return await future
         except TimeoutError:
             raise RealtimeError(
                 "TIMEOUT", f"no answer to {message.get('type')} within the timeout"
@@ -625,7 +629,8 @@ class RealtimeClient:
                 sub.inflight = True
                 self._spawn(self._send_subscribe(channel))
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):
+                return await waiter
         except TimeoutError:
             with contextlib.suppress(ValueError):
                 sub.waiters.remove(waiter)
