@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from app.server import Service
 from tests.conftest import Client, ClientFactory, ServiceFactory
@@ -259,3 +260,29 @@ async def test_heartbeat_renews_leases_and_last_attempt_expiry_fails(service: Se
         assert still["status"] == "in_progress" and still["lease"] is not None
         gone = (await http.get("/api/tasks/once")).json()
         assert gone["status"] == "failed" and "lease expired" in gone["error"]
+
+
+async def test_the_pick_walks_the_claim_index_without_sorting(tmp_path: Path) -> None:
+    """On SQLite (whose planner does not depend on table sizes): ix_tasks_claim is in
+    CLAIM_ORDER, so the pick reads pending tasks best-first and stops at the first ready one."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.db.engine import create_engine
+    from app.db.migrate import migrate
+    from app.db.models import Task
+    from app.domain.claims import CLAIM_ORDER
+    from app.domain.dependencies import claimable
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'plan.db'}")
+    try:
+        await migrate(engine)
+        async with AsyncSession(engine) as db:
+            pick = select(Task.id).where(*claimable(db, ["py"], "w1")).order_by(*CLAIM_ORDER)
+            sql = str(pick.limit(1).compile(engine, compile_kwargs={"literal_binds": True}))
+            plan = (await db.execute(text(f"EXPLAIN QUERY PLAN {sql}"))).all()
+        details = [row[-1] for row in plan]
+        assert any("USING INDEX ix_tasks_claim" in d for d in details), details
+        assert not any("TEMP B-TREE" in d for d in details), details
+    finally:
+        await engine.dispose()

@@ -185,12 +185,15 @@ class Task(Base):
         Index("ix_tasks_session_id", "session_id", "created_at"),
         # Metrics: tasks that reached a status in the last hour (a range seek per status).
         Index("ix_tasks_finished", "status", "completed_at"),
-        # Claims: the best pending task first.
-        Index("ix_tasks_claim", "status", "priority", "created_at"),
         # The lease sweeper and heartbeats: leases by expiry, by holder.
         Index("ix_tasks_lease_expiry", "lease_expires_at"),
         Index("ix_tasks_lease_agent", "lease_agent_id"),
     )
+
+
+# Claims: pending tasks in claim order (priority DESC, created_at, id), so the pick walks the
+# index and stops at the first ready task instead of sorting the queue (migration 0007).
+Index("ix_tasks_claim", Task.status, Task.priority.desc(), Task.created_at, Task.id)
 
 
 class TaskDependency(Base):

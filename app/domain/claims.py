@@ -43,12 +43,15 @@ def new_lease_id() -> str:
 
 # --- claiming --------------------------------------------------------------------------------
 
+# The best ready task first: highest priority, then the oldest. ix_tasks_claim is in this order.
+CLAIM_ORDER = (Task.priority.desc(), Task.created_at, Task.id)
+
 
 async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed | None:
     """Claim the best ready task now, or None."""
     db = ctx.db
     ready = claimable(db, body.capabilities, agent_id, body.session_id)
-    best = select(Task.id).where(*ready).order_by(Task.priority.desc(), Task.created_at, Task.id)
+    best = select(Task.id).where(*ready).order_by(*CLAIM_ORDER)
     now = utcnow()
     lease_id = new_lease_id()
     take = (
