@@ -27,6 +27,7 @@ Each application gets its own `CollectorRegistry` (tests run many in one process
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
+from app.core import gc_policy
 from app.realtime.endpoint import Receive, Send
 
 if TYPE_CHECKING:
@@ -129,6 +131,7 @@ class NodeCollector(Collector):
         yield from self._broker(manager)
         yield from self._presence(manager)
         yield from self._bridge(runtime.bridge)
+        yield from self._collector()
 
     def _broker(self, manager: ConnectionManager) -> Iterator[Metric]:
         broker = manager.broker
@@ -190,6 +193,42 @@ class NodeCollector(Collector):
             "cm_bridge_reconnects",
             "Bridge LISTEN connections re-established.",
             bridge.reconnects,
+        )
+
+    def _collector(self) -> Iterator[Metric]:
+        """The cyclic GC's pauses, when the serving process runs app/core/gc_policy.py."""
+        policy = gc_policy.installed()
+        if policy is None:
+            return
+        stats = policy.stats
+        collections = CounterMetricFamily(
+            "cm_gc_collections", "Cyclic GC collections, by generation.", labels=["generation"]
+        )
+        paused = CounterMetricFamily(
+            "cm_gc_pause_seconds",
+            "Time the process spent in cyclic GC collections, by generation.",
+            labels=["generation"],
+        )
+        longest = GaugeMetricFamily(
+            "cm_gc_max_pause_seconds",
+            "Longest cyclic GC collection since start, by generation.",
+            labels=["generation"],
+        )
+        for generation in range(3):
+            label = [str(generation)]
+            collections.add_metric(label, stats.collections[generation])
+            paused.add_metric(label, stats.pause_seconds[generation])
+            longest.add_metric(label, stats.max_pause_seconds[generation])
+        yield collections
+        yield paused
+        yield longest
+        yield _counter(
+            "cm_gc_sweeps",
+            "Full collections that also walked the frozen long-lived objects.",
+            stats.sweeps,
+        )
+        yield GaugeMetricFamily(
+            "cm_gc_frozen_objects", "Objects kept out of full collections.", gc.get_freeze_count()
         )
 
 

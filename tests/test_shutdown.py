@@ -202,6 +202,23 @@ async def launch(tmp_path: Path) -> AsyncIterator[Launcher]:
             await process.wait()
 
 
+async def test_the_serving_process_keeps_full_collections_off_its_long_lived_heap(
+    launch: Launcher,
+) -> None:
+    """`serve` installs app/core/gc_policy.py: the start-up heap is frozen and the collector's
+    pauses are on /metrics."""
+    from tests.test_observability import scrape
+
+    process, ws_port, _ = await launch(str(VENV_BIN / "context-manager"), "serve")
+    samples = await scrape(ws_port)
+    assert samples[("cm_gc_frozen_objects", ())] > 10_000  # framework, ORM, app
+    for generation in "012":
+        assert samples[("cm_gc_collections_total", (("generation", generation),))] >= 0
+        assert samples[("cm_gc_pause_seconds_total", (("generation", generation),))] >= 0
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
 @pytest.mark.parametrize(
     ("argv", "sig"),
     [

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         ge=0,
         description="SIGTERM: clients are told to reconnect after a random delay up to this.",
     )
+    gc_sweep_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between full collections that walk long-lived objects too "
+        "(app/core/gc_policy.py; 0 = Python's default collector).",
+    )
 
     # --- trust: authentication, origins (docs/security.md) --------------------------------
     auth_mode: Literal["open", "token"] | None = Field(
