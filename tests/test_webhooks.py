@@ -631,6 +631,37 @@ async def test_event_and_channel_filters(sqlite_url: str, start_service: Service
         )
 
 
+async def test_with_no_endpoint_a_commit_costs_no_fan_out_and_a_new_one_is_served_at_once(
+    sqlite_url: str, start_service: ServiceFactory
+) -> None:
+    """No enabled endpoint: commits do not open the fan-out's write transaction (the cursor
+    catches up once per poll interval, here 30 s). One registered meanwhile is served from
+    the next event on, at once: it is owed nothing from before (`start_after`)."""
+    service = await start(start_service, sqlite_url, webhook_poll_interval=30)
+    dispatcher = service.app.state.runtime.webhooks.dispatcher
+    async with Receiver() as receiver, api(service) as http:
+        await http.post("/api/tasks", json={"title": "first"})
+
+        async def looked() -> bool:
+            return bool(dispatcher.events_read >= 1)
+
+        await eventually(looked)  # one look: nobody to call
+        read = dispatcher.events_read
+        for n in range(20):
+            assert (await http.post("/api/tasks", json={"title": f"t{n}"})).status_code == 201
+        await asyncio.sleep(0.5)
+        assert dispatcher.events_read == read  # 20 commits, not one batch
+
+        await register(http, receiver.url, events=["task.created"])
+        started = time.monotonic()
+        after = (await http.post("/api/tasks", json={"title": "after"})).json()
+        await receiver.wait_for(lambda rs: len(rs) >= 1)
+        assert time.monotonic() - started < 5  # not the 30 s poll
+        await asyncio.sleep(0.5)
+        assert [r.json["data"]["task_id"] for r in receiver.requests] == [after["id"]]
+        assert dispatcher.events_read >= read + 21  # the cursor caught up on the way
+
+
 async def test_bad_input_is_a_clear_422_and_changes_nothing(
     sqlite_url: str, start_service: ServiceFactory
 ) -> None:

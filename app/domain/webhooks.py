@@ -67,6 +67,9 @@ class WebhookPort(Protocol):
     def deliver_now(self) -> None:
         """Look for deliveries now (after a test, a retry, an enabling)."""
 
+    def endpoints_changed(self) -> None:
+        """An endpoint was registered or enabled, and committed."""
+
 
 # --- rows → answers ----------------------------------------------------------------------------
 
@@ -203,6 +206,7 @@ async def create_endpoint(ctx: Context, port: WebhookPort, body: WebhookCreate) 
     await ctx.db.flush()
     row.start_after = int(await ctx.db.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
     await ctx.db.commit()
+    port.endpoints_changed()
     out = endpoint_out(row, 0)
     return WebhookCreated(**out.model_dump(), secret=row.secret)
 
@@ -274,6 +278,7 @@ async def update_endpoint(
             setattr(row, key, value)
         await ctx.db.commit()
         if changes.get("enabled") is True:
+            port.endpoints_changed()
             port.deliver_now()
     return endpoint_out(row, await _pending(ctx, webhook_id))
 

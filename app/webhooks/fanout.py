@@ -31,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -102,6 +103,14 @@ class Dispatcher:
         )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Whether the last batch found an enabled endpoint (None: not known), and when. With
+        # none, a commit is not worth a write transaction: the cursor catches up once per
+        # poll interval, and an endpoint registered meanwhile starts after the outbox head
+        # anyway (`start_after`), so nothing it is owed is skipped.
+        self._any_enabled: bool | None = None
+        self._enabled_seen_at = 0.0
+        self._endpoint_changes = 0  # so a batch that read the endpoints before one changed
+        # does not record their absence over the change
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -119,6 +128,12 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Something was committed (or published on `global`): look at the outbox now."""
+        self._wake.set()
+
+    def endpoints_changed(self) -> None:
+        """An endpoint was registered or enabled in this process: fan out at once."""
+        self._endpoint_changes += 1
+        self._any_enabled = None
         self._wake.set()
 
     def on_global(self, publication: Publication) -> None:
@@ -170,6 +185,11 @@ class Dispatcher:
 
     async def fan_out(self) -> bool:
         """Fan out every outbox row after the cursor; True when another node held it."""
+        if (
+            self._any_enabled is False
+            and time.monotonic() - self._enabled_seen_at < self.poll_interval
+        ):
+            return False
         while True:
             read, busy = await self._batch()
             if busy:
@@ -196,7 +216,10 @@ class Dispatcher:
                 if not rows:
                     self.last_id = last
                     return 0, False
+                changes = self._endpoint_changes
                 endpoints = (await connection.execute(_ENABLED)).all()
+                if changes == self._endpoint_changes:
+                    self._any_enabled, self._enabled_seen_at = bool(endpoints), time.monotonic()
                 values = []
                 for row in rows:
                     targets = [

@@ -77,3 +77,7 @@ class Webhooks:
     def deliver_now(self) -> None:
         """A delivery was queued by hand (test, retry) or an endpoint enabled: look now."""
         self.deliverer.wake()
+
+    def endpoints_changed(self) -> None:
+        """An endpoint was registered or enabled (committed): fan out to it from now on."""
+        self.dispatcher.endpoints_changed()
