@@ -662,6 +662,30 @@ async def test_with_no_endpoint_a_commit_costs_no_fan_out_and_a_new_one_is_serve
         assert dispatcher.events_read >= read + 21  # the cursor caught up on the way
 
 
+async def test_events_while_disabled_are_not_sent_when_enabled_again(
+    sqlite_url: str, start_service: ServiceFactory
+) -> None:
+    """A disabled endpoint gets no new events, however far the fan-out's cursor lags (it
+    does while no endpoint is enabled): enabled again, it starts at the outbox head."""
+    service = await start(start_service, sqlite_url, webhook_poll_interval=30)
+    async with Receiver() as receiver, api(service) as http:
+        hook = await register(http, receiver.url, events=["task.created"])
+        before = (await http.post("/api/tasks", json={"title": "before"})).json()
+        await receiver.wait_for(lambda rs: len(rs) >= 1)
+        off = await http.patch(f"/api/webhooks/{hook['id']}", json={"enabled": False})
+        assert off.status_code == 200 and off.json()["enabled"] is False
+        for n in range(5):
+            await http.post("/api/tasks", json={"title": f"while-disabled-{n}"})
+        await asyncio.sleep(0.3)
+        on = await http.patch(f"/api/webhooks/{hook['id']}", json={"enabled": True})
+        assert on.status_code == 200 and on.json()["enabled"] is True
+        after = (await http.post("/api/tasks", json={"title": "after"})).json()
+        await receiver.wait_for(lambda rs: len(rs) >= 2)
+        await asyncio.sleep(0.5)
+        sent = [r.json["data"]["task_id"] for r in receiver.requests]
+        assert sent == [before["id"], after["id"]]
+
+
 async def test_bad_input_is_a_clear_422_and_changes_nothing(
     sqlite_url: str, start_service: ServiceFactory
 ) -> None:
