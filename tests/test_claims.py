@@ -286,3 +286,34 @@ async def test_the_pick_walks_the_claim_index_without_sorting(tmp_path: Path) ->
         assert not any("TEMP B-TREE" in d for d in details), details
     finally:
         await engine.dispose()
+
+
+async def test_a_patch_answers_what_a_read_then_finds(service: Service) -> None:
+    """The PATCH answer is built from the row it wrote, not read back: it must equal a GET."""
+    async with api(service) as http:
+        for ident in ("a", "b", "c"):
+            await task(http, id=ident)
+        steps: list[dict[str, Any]] = [
+            {"depends_on": ["b", "a"]},
+            {"depends_on": ["a"], "priority": 7},
+            {"capabilities": ["py", "go", "py"], "description": "d"},
+            {"depends_on": []},
+            {"status": "in_progress"},
+            {"result": {"n": 1.5, "k": [1, "x"]}},
+            {"status": "completed", "result": {"ok": True}},
+        ]
+        for body in steps:
+            patched = await http.patch("/api/tasks/c", json=body)
+            assert patched.status_code == 200, patched.text
+            assert patched.json() == (await http.get("/api/tasks/c")).json(), body
+        final = patched.json()
+        assert final["depends_on"] == [] and final["priority"] == 7
+        assert final["capabilities"] == ["go", "py"] and final["result"] == {"ok": True}
+        assert final["status"] == "completed" and final["started_at"] is not None
+        assert final["completed_at"] is not None
+        subtask = (await http.post("/api/tasks/a/subtasks", json={"title": "s"})).json()
+        for body in ({"status": "in_progress"}, {"status": "completed", "result": 3}):
+            patched = await http.patch(f"/api/subtasks/{subtask['id']}", json=body)
+            assert patched.status_code == 200, patched.text
+            listed = (await http.get("/api/tasks/a/subtasks")).json()["items"]
+            assert [patched.json()] == listed, body

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db.models import FINISHED, TaskStatus
 from app.db.types import utcnow
@@ -120,8 +121,11 @@ async def update_lifecycle(
             if settle is not None:
                 await settle(row, values)
             await db.commit()
-            fresh: M | None = await db.get(model, ident, populate_existing=True)
-            assert fresh is not None
-            return fresh
+            # The row is now what was read plus `values`: no trigger writes the row itself and
+            # `settle` writes its dependents only, so it is not read a second time.
+            for key, value in values.items():
+                set_committed_value(row, key, value)
+            updated: M = row
+            return updated
         await db.rollback()  # someone changed the status meanwhile: look again
     raise Conflict(f"{kind} {ident} is changing too fast; retry")

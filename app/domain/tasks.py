@@ -168,6 +168,8 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
     if "capabilities" in given:
         given["capabilities"] = sorted(set(given["capabilities"] or ())) or None
 
+    replaced: list[bool] = []  # prepare wrote new dependency rows (the loaded list is stale)
+
     async def guard(row: Any) -> None:
         access.check_task_writer(actor, "Task", task_id, row.agent_id)
 
@@ -186,6 +188,7 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
                 )
             changes["ready_at"] = await dependencies.check_dependencies(db, task_id, depends_on)
             await dependencies.replace_dependencies(db, row, depends_on)
+            replaced.append(True)
             changes["updated_at"] = utcnow()  # a change even if nothing else is
         return changes
 
@@ -198,4 +201,6 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
     row = await lifecycle.update_lifecycle(
         db, Task, "Task", task_id, changes, guard, prepare, settle
     )
+    if replaced:
+        await db.refresh(row, ["dependencies"])
     return task_out(row)
