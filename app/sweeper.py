@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -38,6 +39,7 @@ from app.db.models import (
     IdempotencyKey,
     Message,
     WebhookCursor,
+    WebhookEndpoint,
 )
 from app.db.types import utcnow
 from app.domain import claims, reservations
@@ -164,9 +166,16 @@ class MessageSweeper:
             if not await _try_lock(connection, PRUNE_LOCK):
                 return 0  # another process is pruning
             # Every reader of the outbox holds back what it has not read: the bridges and the
-            # webhook fan-out (a cursor idle past the retention belongs to a reader gone).
+            # webhook fan-out (a cursor idle past the retention belongs to a reader gone). The
+            # fan-out only while an endpoint is enabled: its cursor lags while none is, and an
+            # endpoint registered or enabled later starts at the outbox head, owed nothing older.
             doomed = select(Event.id).where(Event.created_at < cutoff)
-            for cursor in (BridgeCursor, WebhookCursor):
+            readers: list[Any] = [BridgeCursor]
+            if await connection.scalar(
+                select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True)).limit(1)
+            ):
+                readers.append(WebhookCursor)
+            for cursor in readers:
                 behind = await connection.scalar(
                     select(func.min(cursor.last_id)).where(cursor.updated_at >= cutoff)
                 )

@@ -343,18 +343,9 @@ def ago(database_url: str, days: float) -> str:
 async def test_outbox_pruning_keeps_what_a_bridge_still_needs(
     database_url: str, start_service: ServiceFactory
 ) -> None:
-    service = await start_service(**data_settings(database_url, webhook_poll_interval=0.2))
+    service = await start_service(**data_settings(database_url))
     await post_tasks(service, 6)
     await caught_up(service, database_url)
-    head = await outbox_head(database_url)
-
-    async def webhooks_caught_up() -> bool:
-        # With no endpoint the fan-out's cursor catches up once per poll interval, and it
-        # holds rows back like a bridge's: the premise is that only the laggard does.
-        rows = await query(database_url, "SELECT last_id FROM webhook_cursor")
-        return bool(rows) and int(rows[0][0]) >= head
-
-    await eventually(webhooks_caught_up)
     first = int((await query(database_url, "SELECT min(id) FROM events"))[0][0])
     ids = list(range(first, first + 6))
     await execute_raw(
@@ -394,6 +385,36 @@ async def test_outbox_pruning_keeps_what_a_bridge_still_needs(
     await caught_up(service, database_url)
     assert await remaining() == [ids[-1] + 1]
     assert [entity for _, _, entity in await history_events(service, "global")][-1] == new[0]
+
+
+async def test_outbox_pruning_waits_for_the_webhook_fan_out_while_an_endpoint_is_enabled(
+    database_url: str, start_service: ServiceFactory
+) -> None:
+    service = await start_service(
+        **data_settings(database_url, webhook_allow_private=True, webhook_poll_interval=30)
+    )
+    async with api(service) as http:
+        created = await http.post(
+            "/api/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["message.read"]}
+        )
+        assert created.status_code == 201, created.text
+        hook = created.json()
+        await post_tasks(service, 4)
+        await caught_up(service, database_url)
+        first = int((await query(database_url, "SELECT min(id) FROM events"))[0][0])
+        await execute_raw(database_url, f"UPDATE events SET created_at = {ago(database_url, 10)}")
+        # A fan-out that has read only the first event (nothing wakes it: a 30 s poll).
+        await execute_raw(
+            database_url,
+            f"UPDATE webhook_cursor SET last_id = {first}, updated_at = {ago(database_url, 0)}",
+        )
+        sweeper = MessageSweeper(service.app.state.engine, 60, events_retention=7 * 86400)
+        assert await sweeper.prune_events() == 1  # only what the fan-out has read
+
+        # With no endpoint enabled the fan-out is owed nothing: its cursor holds nothing back.
+        off = await http.patch(f"/api/webhooks/{hook['id']}", json={"enabled": False})
+        assert off.status_code == 200
+        assert await sweeper.prune_events() == 3
 
 
 async def test_outbox_pruning_runs_in_the_sweeper_loop(
