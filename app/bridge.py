@@ -69,7 +69,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
-from app.core.tasks import cancel_and_wait, uninterrupted
+from app.core.tasks import cancel_and_wait, uninterrupted, wait_event
 from app.db.engine import asyncpg_dsn
 from app.db.models import BridgeCursor, Event
 from app.db.types import utcnow
@@ -268,9 +268,7 @@ class Bridge:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.bridge_reconnect_max_delay)
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.bridge_poll_interval):
-                    await self._wake.wait()
+            await wait_event(self._wake, self.settings.bridge_poll_interval)
             self._wake.clear()
 
     async def deliver_pending(self) -> int:
@@ -424,9 +422,7 @@ class Bridge:
                 got = await connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK)
                 if got:
                     await self._take_over()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(KEEPALIVE):
-                    await lost.wait()
+            await wait_event(lost, KEEPALIVE)
             if not lost.is_set():
                 await connection.fetchval("SELECT 1", timeout=KEEPALIVE)
         raise ConnectionError("bridge LISTEN connection lost")

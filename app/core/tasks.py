@@ -29,6 +29,19 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
             raise
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Until `event` is set (True) or `timeout` seconds have passed (False).
+
+    The "a wake or a timeout" of every background loop, with `asyncio.timeout`: a loop
+    stopped as it is woken stops (see the module docstring)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 T = TypeVar("T")
 
 # How long a background round may still take once its task is being stopped.

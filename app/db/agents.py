@@ -15,7 +15,6 @@ answering. Cluster-wide presence belongs to the shared broker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.tasks import cancel_and_wait, uninterrupted
+from app.core.tasks import cancel_and_wait, uninterrupted, wait_event
 from app.db.models import Agent, AgentStatus
 from app.db.types import utcnow
 
@@ -105,9 +104,7 @@ class AgentRecorder:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await self._urgent.wait()
+            if await wait_event(self._urgent, self._interval):
                 await asyncio.sleep(DEBOUNCE)
             self._urgent.clear()
             try:

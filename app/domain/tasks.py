@@ -168,12 +168,13 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
     if "capabilities" in given:
         given["capabilities"] = sorted(set(given["capabilities"] or ())) or None
 
-    replaced: list[bool] = []  # prepare wrote new dependency rows (the loaded list is stale)
+    replaced = False  # prepare wrote new dependency rows (the loaded list is stale)
 
     async def guard(row: Any) -> None:
         access.check_task_writer(actor, "Task", task_id, row.agent_id)
 
     async def prepare(row: Any, changes: dict[str, Any]) -> dict[str, Any]:
+        nonlocal replaced
         changes = dict(changes)
         if "status" in changes:
             changes.update(lease_change(row, lease_id, changes["status"]))
@@ -188,7 +189,7 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
                 )
             changes["ready_at"] = await dependencies.check_dependencies(db, task_id, depends_on)
             await dependencies.replace_dependencies(db, row, depends_on)
-            replaced.append(True)
+            replaced = True
             changes["updated_at"] = utcnow()  # a change even if nothing else is
         return changes
 

@@ -55,6 +55,7 @@ from mcp.types import (
 from pydantic import ValidationError
 
 from app import __version__
+from app.core.tasks import wait_event
 from app.mcp.door import Door, failed
 from app.mcp.hook import DEFAULT_URL as DEFAULT_URL
 from app.mcp.resources import register_resources
@@ -281,9 +282,7 @@ class Relay:
         feeds = [self.acquire(uri) for uri in uris]
         try:
             for feed in feeds:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(READY_SECONDS):
-                        await feed.settled.wait()
+                await wait_event(feed.settled, READY_SECONDS)
                 if feed.refusal is not None:
                     raise feed.refusal
             return await call_next(ctx)

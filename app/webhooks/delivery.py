@@ -24,7 +24,6 @@ ran out while it waited: its attempt is still recorded, but it no longer moves t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import secrets
@@ -37,7 +36,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
-from app.core.tasks import cancel_and_wait, uninterrupted
+from app.core.tasks import cancel_and_wait, uninterrupted, wait_event
 from app.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookState
 from app.db.types import utcnow
 from app.webhooks import signing
@@ -186,9 +185,7 @@ class Deliverer:
                 logger.exception("webhook delivery loop failed; retrying in %.1fs", delay)
                 wait = delay
                 delay = min(delay * 2, MAX_DELAY)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+            await wait_event(self._wake, wait)
             self._wake.clear()
 
     async def _round(self) -> float | None:

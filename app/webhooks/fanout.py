@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 import uuid
@@ -44,7 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.bridge import channels_for
-from app.core.tasks import cancel_and_wait, uninterrupted
+from app.core.tasks import cancel_and_wait, uninterrupted, wait_event
 from app.db.models import Event, WebhookCursor, WebhookDelivery, WebhookEndpoint
 from app.db.types import utcnow
 from app.realtime.channels import agent_channel
@@ -171,9 +170,7 @@ class Dispatcher:
                 logger.exception("webhook fan-out failed; retrying in %.1fs", delay)
                 wait = delay
                 delay = min(delay * 2, MAX_DELAY)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+            await wait_event(self._wake, wait)
             self._wake.clear()
 
     async def _round(self) -> bool:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import random
 from typing import Any
@@ -46,7 +45,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from app.core.tasks import cancel_and_wait
+from app.core.tasks import cancel_and_wait, wait_event
 from app.db.engine import asyncpg_dsn
 from app.realtime.broker.base import (
     BrokerHandler,
@@ -273,9 +272,7 @@ class PostgresBroker(StoredHistory):
         )
         self._listener = asyncio.create_task(self._link.run(), name="postgres-broker-listener")
         self._cleaner = asyncio.create_task(self._cleanup_loop(), name="postgres-broker-cleanup")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await self._link.connected.wait()
+        await wait_event(self._link.connected, CONNECT_TIMEOUT)
         if not self.healthy:
             logger.warning("PostgreSQL LISTEN is not established yet; retrying in the background")
 
@@ -365,9 +362,7 @@ class PostgresBroker(StoredHistory):
 
     async def _watch(self, connection: asyncpg.Connection) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PING_INTERVAL):
-                    await self._lost.wait()
+            await wait_event(self._lost, PING_INTERVAL)
             if self._lost.is_set() or connection.is_closed():
                 raise ConnectionError("LISTEN connection lost")
             await connection.fetchval("SELECT 1", timeout=PING_INTERVAL)

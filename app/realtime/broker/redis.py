@@ -61,7 +61,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.core.tasks import cancel_and_wait
+from app.core.tasks import cancel_and_wait, wait_event
 from app.realtime.broker.base import (
     BrokerHandler,
     DuplicatePublication,
@@ -431,9 +431,7 @@ class RedisBroker(StoredHistory):
             self._link.run(), name=f"redis-broker-listener-{self.name}"
         )
         # Normally connected in a few ms; if Redis is down the node starts anyway, unready.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await self._link.connected.wait()
+        await wait_event(self._link.connected, CONNECT_TIMEOUT)
         if not self.healthy:
             logger.warning("Redis %s is not reachable yet; retrying in the background", self.name)
 
