@@ -127,3 +127,18 @@ def test_interval_zero_keeps_pythons_collector(clock: Clock) -> None:
         assert alive() is None
     finally:
         policy.uninstall()
+
+
+def test_a_frozen_set_that_doubles_is_swept_before_the_interval(policy: GcPolicy) -> None:
+    """Churn (what dies among frozen objects) cannot pile up for a whole interval."""
+    survivor = Node()
+    alive = weakref.ref(survivor)
+    gc.collect()  # frozen
+    del survivor  # dead, in a cycle, among the frozen objects
+    held = [[] for _ in range(gc.get_freeze_count() + 1000)]  # the frozen set doubles
+    gc.collect()  # frozen with the rest: now over twice what it was after the last sweep
+    gc.collect()  # the sweep is due (no time has passed): everything is given back
+    assert gc.get_freeze_count() == 0
+    gc.collect()  # the sweep
+    assert alive() is None and policy.stats.sweeps == 1
+    del held
