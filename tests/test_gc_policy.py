@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.core.gc_policy import GcPolicy
+from app.core.gc_policy import GROWTH_CHECK, GcPolicy
 
 
 class Clock:
@@ -129,7 +129,9 @@ def test_interval_zero_keeps_pythons_collector(clock: Clock) -> None:
         policy.uninstall()
 
 
-def test_a_frozen_set_that_doubles_is_swept_before_the_interval(policy: GcPolicy) -> None:
+def test_a_frozen_set_that_doubles_is_swept_before_the_interval(
+    policy: GcPolicy, clock: Clock
+) -> None:
     """Churn (what dies among frozen objects) cannot pile up for a whole interval."""
     survivor = Node()
     alive = weakref.ref(survivor)
@@ -137,8 +139,30 @@ def test_a_frozen_set_that_doubles_is_swept_before_the_interval(policy: GcPolicy
     del survivor  # dead, in a cycle, among the frozen objects
     held = [[] for _ in range(gc.get_freeze_count() + 1000)]  # the frozen set doubles
     gc.collect()  # frozen with the rest: now over twice what it was after the last sweep
-    gc.collect()  # the sweep is due (no time has passed): everything is given back
+    clock.now += GROWTH_CHECK  # the growth is looked at every GROWTH_CHECK s (interval: 60)
+    gc.collect()  # the sweep is due: everything is given back
     assert gc.get_freeze_count() == 0
     gc.collect()  # the sweep
     assert alive() is None and policy.stats.sweeps == 1
     del held
+
+
+def test_the_frozen_set_is_not_counted_after_every_collection(
+    policy: GcPolicy, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting it walks all of it: at most once per GROWTH_CHECK, however often we collect."""
+    counted: list[int] = []
+    count = gc.get_freeze_count
+
+    def counting() -> int:
+        counted.append(1)
+        return count()
+
+    monkeypatch.setattr(gc, "get_freeze_count", counting)
+    for _ in range(50):
+        gc.collect()
+    assert counted == []
+    clock.now += GROWTH_CHECK
+    for _ in range(50):
+        gc.collect()
+    assert len(counted) == 1
