@@ -2,6 +2,7 @@
 
     python bench/rest_reference.py --database-url sqlite+aiosqlite:///ref.db --port 8000
     python bench/rest_reference.py --database-url postgresql+asyncpg://…/db --port 8000
+    python bench/rest_reference.py --database-url memory: --port 8000    # the floor
 
 What anyone writes in an afternoon: one `tasks` and one `messages` table (created on start),
 pydantic models in and out, a session per request (a FastAPI dependency), one commit per
@@ -23,11 +24,18 @@ the ratio does not measure an fsync per commit; the engine's pools are SQLAlchem
 ownership, no idempotency keys, no limits, no inbox sequence, no leases. It is the floor a
 service doing a write per request stands on; context-manager does all of those on top, and
 issue 20 asks it to be three times as fast anyway.
+
+**The floor** (`--database-url memory:`, the bench's `floor` server): the same app, models and
+routes with the rows in a dict instead of a database: no engine, no session, no SQL. What
+uvicorn, FastAPI and pydantic alone cost per request on this machine, the ceiling of any
+FastAPI service that answers these requests.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the route annotations, and `Db`
 # is local to build_app.
 import argparse
+import heapq
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -211,14 +219,68 @@ def build_app(database_url: str) -> FastAPI:
     return app
 
 
+def build_floor_app() -> FastAPI:
+    """The routes above with the rows in memory: FastAPI's own cost per request, nothing else."""
+    app = FastAPI()
+    tasks: dict[str, TaskOut] = {}
+    pending: list[tuple[int, int, str]] = []  # (-priority, sequence, id): heapq's claim order
+    sequence = itertools.count()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/api/tasks", status_code=201, response_model=TaskOut)
+    async def create_task(body: TaskCreate) -> TaskOut:
+        stamp = now()
+        task = TaskOut(
+            id=f"task_{uuid.uuid4().hex}",
+            status="pending",
+            agent_id=None,
+            created_at=stamp,
+            updated_at=stamp,
+            **body.model_dump(),
+        )
+        tasks[task.id] = task
+        heapq.heappush(pending, (-task.priority, next(sequence), task.id))
+        return task
+
+    @app.patch("/api/tasks/{task_id}", response_model=TaskOut)
+    async def update_task(task_id: str, body: TaskUpdate) -> TaskOut:
+        task = tasks.get(task_id)
+        if task is None:
+            raise HTTPException(404, "task not found")
+        changes = body.model_dump(exclude_unset=True)
+        tasks[task_id] = task = task.model_copy(update={**changes, "updated_at": now()})
+        return task
+
+    @app.post("/api/tasks/claim", response_model=TaskOut)
+    async def claim_task(body: ClaimIn) -> TaskOut | Response:
+        while pending:
+            _, _, task_id = heapq.heappop(pending)
+            task = tasks[task_id]
+            if task.status == "pending":
+                update = {"status": "in_progress", "agent_id": body.agent_id, "updated_at": now()}
+                tasks[task_id] = task = task.model_copy(update=update)
+                return task
+        return Response(status_code=204)
+
+    @app.post("/api/messages", status_code=201, response_model=MessageOut)
+    async def send_message(body: MessageCreate) -> MessageOut:
+        return MessageOut(id=f"msg_{uuid.uuid4().hex}", created_at=now(), **body.model_dump())
+
+    return app
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
+    memory = args.database_url == "memory:"
     uvicorn.run(
-        build_app(args.database_url),
+        build_floor_app() if memory else build_app(args.database_url),
         host=args.host,
         port=args.port,
         loop="uvloop",

@@ -74,6 +74,7 @@ from bench.service import scratch_postgres
 
 Row = dict[str, Any]
 NAIVE = "naive"
+FLOOR = "floor"  # the naive service's routes with the rows in memory: FastAPI's own cost
 SERVERS = (NAIVE, OURS)
 OPS = ("create", "patch", "message", "claim")
 CONCURRENCY = (16, 64)
@@ -101,11 +102,13 @@ class Settings:
 
 @contextlib.asynccontextmanager
 async def naive_server(
-    workdir: Path, pinning: Pinning, database_url: str
+    workdir: Path, pinning: Pinning, database_url: str, name: str = NAIVE
 ) -> AsyncIterator[RunningServer]:
-    """bench/rest_reference.py on a free port, pinned to the server's CPU; stopped on exit."""
+    """bench/rest_reference.py on a free port, pinned to the server's CPU; stopped on exit.
+
+    `database_url` "memory:" is the floor: the same routes with no database."""
     (port,) = free_ports(1)
-    log_path = workdir / f"naive-{port}.log"
+    log_path = workdir / f"{name}-{port}.log"
     argv = [
         sys.executable,
         str(ROOT / "bench" / "rest_reference.py"),
@@ -127,18 +130,18 @@ async def naive_server(
             preexec_fn=raise_file_limit,
         )
     api = f"http://127.0.0.1:{port}"
-    server = RunningServer(NAIVE, process, "", api, database_url, log_path)
+    server = RunningServer(name, process, "", api, database_url, log_path)
     try:
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=2) as http:
             while True:
                 if process.returncode is not None:
-                    raise RuntimeError(f"naive server exited:\n{server.log_tail()}")
+                    raise RuntimeError(f"{name} server exited:\n{server.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await http.get(f"{api}/health")).status_code == 200:
                         break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"naive server not ready:\n{server.log_tail()}")
+                    raise RuntimeError(f"{name} server not ready:\n{server.log_tail()}")
                 await asyncio.sleep(0.05)
         yield server
     finally:
@@ -166,8 +169,9 @@ async def database(workdir: Path, postgres_url: str | None, label: str) -> Async
 async def server_on(
     name: str, settings: Settings, database_url: str
 ) -> AsyncIterator[RunningServer]:
-    if name == NAIVE:
-        async with naive_server(settings.workdir, settings.pinning, database_url) as server:
+    if name in (NAIVE, FLOOR):
+        url = "memory:" if name == FLOOR else database_url
+        async with naive_server(settings.workdir, settings.pinning, url, name) as server:
             yield server
         return
     async with run_server(
@@ -455,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-sqlite", action="store_true", help="only PostgreSQL")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
-    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument("--servers", nargs="+", choices=(FLOOR, *SERVERS), default=list(SERVERS))
     parser.add_argument("--seconds", type=float, default=None, help="window (default 5, quick 2)")
     parser.add_argument("--warmup", type=float, default=None, help="default 1, quick 0.5")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per cell and server")
@@ -510,7 +514,7 @@ async def main(args: argparse.Namespace) -> int:
         for postgres_url in databases:
             for concurrency in args.concurrency:
                 for op in args.ops:
-                    servers = tuple(s for s in SERVERS if s in args.servers)
+                    servers = tuple(s for s in (FLOOR, *SERVERS) if s in args.servers)
                     for row in await cell(
                         settings, postgres_url, op, concurrency, servers, args.rounds
                     ):
