@@ -1,13 +1,13 @@
 """The composition root: every part one node runs, built from Settings, started in one order.
 
-    build: engine → sessionmaker → agent recorder → broker, cluster
+    build: engine → sessionmaker → group commit → agent recorder → broker, cluster
            → ConnectionManager(hooks=DatabaseHooks)  → bridge (woken by the sessionmaker's
            commits, app/db/engine.on_commit) → webhooks (woken likewise) → sweepers → metrics
     start: migrations (MIGRATE_ON_START) → manager (broker, cluster) → agent recorder → bridge
            → webhooks → TTL sweeper → lease and reservation expiry → metrics
     stop:  clients drained (1012) → metrics → expiry → sweeper → webhooks (writes the drain's
            agent.disconnected deliveries) → bridge → agent recorder (its final flush writes
-           the drain's disconnects) → manager → engine
+           the drain's disconnects) → manager → group commit (its last writes) → engine
 
 `app.main.lifespan` runs one `Runtime` for every surface of the process. The realtime core
 gets what it needs from storage through `DatabaseHooks`, given at construction; the front
@@ -27,8 +27,10 @@ from app.bridge import Bridge
 from app.core.config import Settings
 from app.db.agents import AgentRecorder
 from app.db.engine import create_engine, create_sessionmaker, on_commit
+from app.db.group_commit import GroupCommit
 from app.db.migrate import migrate
-from app.domain import messages
+from app.db.models import Message
+from app.domain import inbox, messages
 from app.domain.context import Context
 from app.domain.errors import DomainError
 from app.metrics import MetricsTask
@@ -53,10 +55,12 @@ class DatabaseHooks:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         agents: AgentRecorder,
+        writes: GroupCommit,
         presence_listeners: list[PresenceListener] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._agents = agents
+        self._writes = writes
         # Others that hear of presence (webhooks): filled in once they are built.
         self.presence_listeners: list[PresenceListener] = presence_listeners or []
 
@@ -66,7 +70,9 @@ class DatabaseHooks:
         sender = connection.agent_id or connection.client_id
         async with self._sessionmaker() as db:
             try:
-                return await messages.send_direct(db, connection, sender, to_agent, data)
+                return await messages.send_direct(
+                    db, self._writes, connection, sender, to_agent, data
+                )
             except DomainError as exc:
                 raise ProtocolError(ErrorCode.INVALID_MESSAGE, exc.message) from None
 
@@ -85,7 +91,9 @@ class Runtime:
         self.engine = create_engine(settings.database_url)
         self.sessionmaker = create_sessionmaker(self.engine)
         self.agents = AgentRecorder(self.sessionmaker, settings.agent_flush_interval)
-        hooks = DatabaseHooks(self.sessionmaker, self.agents)
+        self.writes = GroupCommit(self.sessionmaker)
+        self.writes.prepare(Message.metadata.tables["messages"], inbox.take_seqs)
+        hooks = DatabaseHooks(self.sessionmaker, self.agents, self.writes)
         self.manager = ConnectionManager(
             settings,
             create_broker(settings, self.node_id),
@@ -117,7 +125,7 @@ class Runtime:
 
     def context(self, db: AsyncSession, actor: Principal) -> Context:
         """What a domain call needs, for one request of `actor`."""
-        return Context(db, actor, self.manager, self.agents)
+        return Context(db, actor, self.manager, self.agents, self.writes)
 
     async def start(self) -> None:
         if self.settings.migrates_on_start:
@@ -145,4 +153,5 @@ class Runtime:
                 await part.stop()
             except Exception:  # noqa: BLE001 - keep stopping the others
                 logger.exception("could not stop %s", type(part).__name__)
+        await self.writes.close()
         await self.engine.dispose()

@@ -4,7 +4,8 @@ The ports are Protocols the composition root (app/runtime.py) fills with the rea
 the domain knows no framework and no concrete realtime class:
 
 - `Realtime`: publishing, agent heartbeats and live connection counts (the ConnectionManager);
-- `Presence`: agents' last_seen as the batched recorder holds it (db/agents.AgentRecorder).
+- `Presence`: agents' last_seen as the batched recorder holds it (db/agents.AgentRecorder);
+- `Writes`: inserts written with concurrent requests' in one transaction (db/group_commit.py).
 
 A front door builds one `Context` per request, tool call or WebSocket message.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.realtime.history import HistoryPage, StreamPosition
@@ -66,9 +68,17 @@ class Presence(Protocol):
         """The newer of the stored value and a pending one."""
 
 
+class Writes(Protocol):
+    """New rows written with the next group commit."""
+
+    async def insert(self, *rows: tuple[Table, dict[str, Any]]) -> None:
+        """Returns once `rows` are committed; raises what writing them alone raised."""
+
+
 @dataclass(slots=True)
 class Context:
     db: AsyncSession
     actor: Principal
     realtime: Realtime
     presence: Presence
+    writes: Writes

@@ -12,6 +12,7 @@ simply moves past them.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -43,6 +44,28 @@ async def next_seq(db: AsyncSession, agent_id: str) -> int:
         set_={"last_seq": table.c.last_seq + 1, "updated_at": utcnow()},
     ).returning(table.c.last_seq)
     return int((await db.execute(upsert)).scalar_one())
+
+
+async def take_seqs(db: AsyncSession, messages: list[dict[str, Any]]) -> None:
+    """Give each new message (`to_agent` → its `seq`) the next seqs of its recipient's inbox.
+
+    One upsert for the whole batch, in the caller's transaction: each recipient's counter goes
+    up by its number of messages, which then take the seqs below it in list order. Recipients
+    are locked in id order, so two batches on PostgreSQL cannot deadlock."""
+    counts = Counter(message["to_agent"] for message in messages)
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    table = Inbox.metadata.tables["agent_inboxes"]
+    values = insert(table).values(
+        [{"agent_id": agent, "last_seq": n, "acked_seq": 0} for agent, n in sorted(counts.items())]
+    )
+    upsert = values.on_conflict_do_update(
+        index_elements=["agent_id"],
+        set_={"last_seq": table.c.last_seq + values.excluded.last_seq, "updated_at": utcnow()},
+    ).returning(table.c.agent_id, table.c.last_seq)
+    taken = {agent: last - counts[agent] for agent, last in (await db.execute(upsert)).all()}
+    for message in messages:
+        taken[message["to_agent"]] += 1
+        message["seq"] = taken[message["to_agent"]]
 
 
 def _check_reader(actor: Principal, agent_id: str) -> None:

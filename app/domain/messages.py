@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import Message
 from app.db.types import utcnow
 from app.domain import access, inbox, pagination
-from app.domain.context import Context
+from app.domain.context import Context, Writes
 from app.domain.errors import Conflict, Invalid, NotFound
-from app.domain.rows import insert, new_id
+from app.domain.rows import insert, insert_grouped, new_id
 from app.realtime.permissions import Principal
 from app.schemas import MAX_TTL_SECONDS, MessageCreate, MessageOut, Page, check_json, clean_text
 
@@ -30,6 +30,7 @@ def message_out(row: Message) -> MessageOut:
 
 async def _store(
     db: AsyncSession,
+    writes: Writes | None = None,
     *,
     from_agent: str,
     to_agent: str,
@@ -41,7 +42,10 @@ async def _store(
     thread_id: str | None = None,
     reply_to: str | None = None,
 ) -> Message:
-    """Insert a message with the recipient's next inbox seq, in one transaction."""
+    """Insert a message with the recipient's next inbox seq, in one transaction.
+
+    With `writes`, and no transaction open on `db`, the message goes with the next group
+    commit, whose batch takes the seqs of all its messages at once (`inbox.take_seqs`)."""
     now = utcnow()
     row = Message(
         id=ident or new_id("msg"),
@@ -54,9 +58,12 @@ async def _store(
         expires_at=now + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
         thread_id=thread_id,
         reply_to=reply_to,
-        seq=await inbox.next_seq(db, to_agent),
     )
-    await insert(db, row, "Message")
+    if writes is not None and not db.in_transaction():
+        await insert_grouped(writes, row, "Message")
+    else:
+        row.seq = await inbox.next_seq(db, to_agent)
+        await insert(db, row, "Message")
     return row
 
 
@@ -65,6 +72,7 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
     sender = access.acting_agent(ctx.actor, body.from_agent, "from_agent")
     row = await _store(
         ctx.db,
+        ctx.writes,
         from_agent=sender,
         to_agent=body.to_agent,
         content=body.content,
@@ -79,7 +87,7 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
 
 
 async def send_direct(
-    db: AsyncSession, actor: Principal, sender: str, to_agent: str, data: Any
+    db: AsyncSession, writes: Writes, actor: Principal, sender: str, to_agent: str, data: Any
 ) -> str:
     """A WebSocket `message.new` on `agents/{to_agent}`, stored; returns the message id.
 
@@ -100,6 +108,7 @@ async def send_direct(
         ttl = None
     row = await _store(
         db,
+        writes,
         from_agent=sender,
         to_agent=to_agent,
         content=content,

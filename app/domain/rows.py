@@ -5,9 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapper
 
+from app.domain.context import Context, Writes
 from app.domain.errors import AlreadyExists
 
 
@@ -24,3 +27,45 @@ async def insert(db: AsyncSession, row: Any, kind: str) -> None:
     except IntegrityError:
         await db.rollback()
         raise AlreadyExists(kind, row.id) from None
+
+
+async def insert_new(ctx: Context, row: Any, kind: str) -> None:
+    """Insert `row` with the next group commit (`insert_grouped`).
+
+    While the request's own session holds a transaction (it read what this write depends on),
+    `row` goes into that transaction instead, as `insert` does: the group commit's is another
+    one, and waiting for it while holding SQLite's one connection would wait for ever."""
+    if ctx.db.in_transaction():
+        await insert(ctx.db, row, kind)
+    else:
+        await insert_grouped(ctx.writes, row, kind)
+
+
+async def insert_grouped(writes: Writes, row: Any, kind: str) -> None:
+    """`row` committed with concurrent requests' rows; AlreadyExists when its id is taken.
+
+    The attributes set on `row` are its values (the others take their column defaults); what
+    the batch fills in (a message's seq) is set on `row` after the commit."""
+    given = inspect(row).dict
+    columns = _columns(type(row))
+    values = {key: given[attr] for key, attr in columns if attr in given}
+    try:
+        await writes.insert((type(row).__table__, values))
+    except IntegrityError:
+        raise AlreadyExists(kind, row.id) from None
+    for key, attr in columns:
+        if attr not in given and key in values:
+            setattr(row, attr, values[key])
+
+
+_COLUMNS: dict[type, list[tuple[str, str]]] = {}
+
+
+def _columns(model: type) -> list[tuple[str, str]]:
+    """(column key, attribute name) of a mapped class's columns, read once per class."""
+    columns = _COLUMNS.get(model)
+    if columns is None:
+        mapper: Mapper[Any] = inspect(model)
+        columns = [(prop.columns[0].key, prop.key) for prop in mapper.column_attrs]
+        _COLUMNS[model] = columns
+    return columns

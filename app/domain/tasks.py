@@ -11,7 +11,7 @@ from app.db.types import utcnow
 from app.domain import access, dependencies, lifecycle, pagination
 from app.domain.context import Context
 from app.domain.errors import Conflict, NotFound
-from app.domain.rows import insert, new_id
+from app.domain.rows import insert_new, new_id
 from app.schemas import LeaseOut, Page, TaskCreate, TaskOut, TaskUpdate
 
 LEASE_LOST = "LEASE_LOST"
@@ -103,7 +103,7 @@ async def create_task(ctx: Context, body: TaskCreate) -> TaskOut:
     row.dependencies = [
         TaskDependency(task_id=row.id, depends_on=ident) for ident in sorted(set(body.depends_on))
     ]
-    await insert(ctx.db, row, "Task")
+    await insert_new(ctx, row, "Task")
     return task_out(row)
 
 
