@@ -68,21 +68,22 @@ async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed 
             started_at=func.coalesce(Task.started_at, now),
             updated_at=now,
         )
-        .returning(Task.id)
-        .execution_options(synchronize_session=False)
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     # One statement. PostgreSQL: the pick skips rows other claimers hold, so nobody queues.
     # SQLite: one writer, and one pooled connection per process (db/engine.py), so the
-    # statement runs alone; it re-checks readiness under the write lock it holds.
+    # statement runs alone; it re-checks readiness under the write lock it holds. It returns
+    # the claimed row as an entity (its dependencies loaded in the same transaction by the
+    # relationship's selectin loader), so nothing is read back after the commit.
     pick = best.limit(1).with_for_update(skip_locked=True, of=Task).scalar_subquery()
     result = await db.execute(take.where(Task.id == pick, *ready))
-    claimed = result.scalar_one_or_none()
-    if claimed is None:
+    row = result.scalar_one_or_none()
+    if row is None:
         await db.rollback()
         return None
     await db.commit()
-    row = await db.get(Task, claimed, populate_existing=True)
-    assert row is not None and row.lease_id == lease_id
+    assert row.lease_id == lease_id
     lease = lease_out(row)
     assert lease is not None
     return Claimed(task=task_out(row), lease=lease)

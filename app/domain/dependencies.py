@@ -150,24 +150,25 @@ async def _cancel_dependents(db: AsyncSession, task_id: str, status: str) -> Non
 # --- what is claimable ----------------------------------------------------------------------
 
 
+# The fixed parts of the claim conditions, built once: an `aliased(Task)` and a table-valued
+# alias cost more to build than the claim's statement takes to run (py-spy: 25 % of a claim's
+# CPU went to building them). Expressions are immutable, so every claim can share them.
+_DEPENDENCY = aliased(Task)
+_DEPENDENCIES_DONE = ~exists(
+    select(TaskDependency.task_id)
+    .join(_DEPENDENCY, _DEPENDENCY.id == TaskDependency.depends_on)
+    .where(TaskDependency.task_id == Task.id, _DEPENDENCY.status != TaskStatus.COMPLETED.value)
+)
+_NEEDED = func.json_each(Task.capabilities).table_valued("value").alias("needed")
+
+
 def _covered(db: AsyncSession, capabilities: Sequence[str]) -> ColumnElement[bool]:
     """The task's capabilities are all among the claimer's."""
     if db.get_bind().dialect.name == "postgresql":
         have = bindparam(None, sorted(set(capabilities)), type_=JSONB)
         return or_(Task.capabilities.is_(None), Task.capabilities.op("<@")(have))
-    needed = func.json_each(Task.capabilities).table_valued("value").alias("needed")
-    missing = select(needed.c.value).where(needed.c.value.not_in(list(capabilities))).exists()
+    missing = select(_NEEDED.c.value).where(_NEEDED.c.value.not_in(list(capabilities))).exists()
     return or_(Task.capabilities.is_(None), ~missing)
-
-
-def _dependencies_done() -> ColumnElement[bool]:
-    dep = aliased(Task)
-    unfinished = (
-        select(TaskDependency.task_id)
-        .join(dep, dep.id == TaskDependency.depends_on)
-        .where(TaskDependency.task_id == Task.id, dep.status != TaskStatus.COMPLETED.value)
-    )
-    return ~exists(unfinished)
 
 
 def claimable(
@@ -180,7 +181,7 @@ def claimable(
     conditions = [
         Task.status == TaskStatus.PENDING.value,
         Task.attempts < Task.max_attempts,
-        _dependencies_done(),
+        _DEPENDENCIES_DONE,
     ]
     if capabilities is not None:
         conditions.append(_covered(db, capabilities))
