@@ -317,3 +317,20 @@ async def test_a_patch_answers_what_a_read_then_finds(service: Service) -> None:
             assert patched.status_code == 200, patched.text
             listed = (await http.get("/api/tasks/a/subtasks")).json()["items"]
             assert [patched.json()] == listed, body
+
+
+async def test_a_claim_answers_what_a_read_then_finds(service: Service) -> None:
+    """The claim answer is the row its UPDATE … RETURNING gave, dependencies included."""
+    async with api(service) as http:
+        await task(http, id="dep")
+        done = await http.patch("/api/tasks/dep", json={"status": "completed"})
+        assert done.status_code == 200, done.text
+        await task(http, id="t", depends_on=["dep"], capabilities=["py"], priority=9)
+        claimed = await http.post(
+            "/api/tasks/claim", json={"agent_id": "w", "capabilities": ["py", "go"]}
+        )
+        assert claimed.status_code == 200, claimed.text
+        answer = claimed.json()
+        assert answer["task"]["id"] == "t" and answer["task"]["depends_on"] == ["dep"]
+        assert answer["task"] == (await http.get("/api/tasks/t")).json()
+        assert answer["task"]["lease"] == answer["lease"] and answer["task"]["attempts"] == 1

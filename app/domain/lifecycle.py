@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db.models import FINISHED, TaskStatus
@@ -77,6 +78,20 @@ def lifecycle_values(current: str, changes: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+_ONE_QUERY: dict[type[Any], list[Any]] = {}
+
+
+def _one_query(model: type[Any]) -> list[Any]:
+    """Load a task's dependencies in the same SELECT (a join), not in a second (selectin).
+
+    Built once per model: a loader option costs more to build than the join to run."""
+    options = _ONE_QUERY.get(model)
+    if options is None:
+        relationship = getattr(model, "dependencies", None)
+        options = _ONE_QUERY[model] = [] if relationship is None else [joinedload(relationship)]
+    return options
+
+
 async def update_lifecycle(
     db: AsyncSession,
     model: type[M],
@@ -94,7 +109,7 @@ async def update_lifecycle(
     """
     table: Any = model
     for _ in range(5):
-        row: Any = await db.get(model, ident, populate_existing=True)
+        row: Any = await db.get(model, ident, populate_existing=True, options=_one_query(model))
         if row is None:
             raise NotFound(kind, ident)
         if guard is not None:
