@@ -27,7 +27,6 @@ Each application gets its own `CollectorRegistry` (tests run many in one process
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -228,7 +227,10 @@ class NodeCollector(Collector):
             stats.sweeps,
         )
         yield GaugeMetricFamily(
-            "cm_gc_frozen_objects", "Objects kept out of full collections.", gc.get_freeze_count()
+            "cm_gc_frozen_objects",
+            "Objects frozen (kept out of full collections) since the last sweep, counted as "
+            "they were frozen.",
+            stats.frozen,
         )
 
 

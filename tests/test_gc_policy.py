@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.core.gc_policy import GROWTH_CHECK, GcPolicy
+from app.core.gc_policy import GcPolicy
 
 
 class Clock:
@@ -129,28 +129,31 @@ def test_interval_zero_keeps_pythons_collector(clock: Clock) -> None:
         policy.uninstall()
 
 
-def test_a_frozen_set_that_doubles_is_swept_before_the_interval(
-    policy: GcPolicy, clock: Clock
-) -> None:
+def test_a_frozen_set_that_doubles_is_swept_before_the_interval(policy: GcPolicy) -> None:
     """Churn (what dies among frozen objects) cannot pile up for a whole interval."""
     survivor = Node()
     alive = weakref.ref(survivor)
     gc.collect()  # frozen
     del survivor  # dead, in a cycle, among the frozen objects
-    held = [[] for _ in range(gc.get_freeze_count() + 1000)]  # the frozen set doubles
-    gc.collect()  # frozen with the rest: now over twice what it was after the last sweep
-    clock.now += GROWTH_CHECK  # the growth is looked at every GROWTH_CHECK s (interval: 60)
-    gc.collect()  # the sweep is due: everything is given back
+    frozen = policy.stats.frozen
+    gc.disable()  # no automatic collection while they are made: the next one is ours
+    try:
+        held = [[] for _ in range(frozen + 1000)]  # as many again survive the next collection
+    finally:
+        gc.enable()
+    gc.collect()  # the sweep is due (no time has passed): everything is given back
     assert gc.get_freeze_count() == 0
     gc.collect()  # the sweep
     assert alive() is None and policy.stats.sweeps == 1
+    assert policy.stats.frozen == gc.get_freeze_count() > frozen
     del held
 
 
-def test_the_frozen_set_is_not_counted_after_every_collection(
-    policy: GcPolicy, clock: Clock, monkeypatch: pytest.MonkeyPatch
+def test_what_is_frozen_is_counted_as_it_is_frozen(
+    policy: GcPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Counting it walks all of it: at most once per GROWTH_CHECK, however often we collect."""
+    """Counting the frozen set walks all of it (a pause of its own): never outside a sweep;
+    the tally adds up what each freeze added instead."""
     counted: list[int] = []
     count = gc.get_freeze_count
 
@@ -158,11 +161,14 @@ def test_the_frozen_set_is_not_counted_after_every_collection(
         counted.append(1)
         return count()
 
+    before = policy.stats.frozen
+    kept = []
     monkeypatch.setattr(gc, "get_freeze_count", counting)
-    for _ in range(50):
+    for _ in range(20):
+        kept.append([[] for _ in range(50)])
         gc.collect()
-    assert counted == []
-    clock.now += GROWTH_CHECK
-    for _ in range(50):
-        gc.collect()
-    assert len(counted) == 1
+    assert counted == [] and policy.stats.sweeps == 0
+    monkeypatch.undo()
+    # Each round froze its 51 new lists, among whatever else had been promoted meanwhile.
+    assert policy.stats.frozen >= before + 20 * 51
+    assert abs(policy.stats.frozen - gc.get_freeze_count()) <= 0.05 * gc.get_freeze_count()

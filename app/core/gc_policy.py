@@ -10,9 +10,12 @@ So, like a fourth generation: after each full collection its survivors are froze
 constant time), and the next full collection walks only what was promoted since. Every
 `sweep_interval` seconds the frozen objects are given back (`gc.unfreeze`), so the next full
 collection walks everything and frees the cycles that died among them (a closed connection's).
-So does the first full collection after the frozen set has doubled since the last sweep: a
-client churning connections (about 17 frozen objects, 2.3 KB, left per closed connection until
-a sweep) cannot make the node hold more than its live heap again, however fast it churns.
+So does the first full collection after as many objects have been frozen since the last sweep
+as it left frozen: a client churning connections (about 17 frozen objects, 2.3 KB, left per
+closed connection until a sweep) cannot make the node hold more than its live heap again,
+however fast it churns. What each freeze adds is counted as it is frozen (the young survivors
+of that collection, a short list); the frozen set itself is never counted outside a sweep, as
+`gc.get_freeze_count()` walks all of it (2–10 ms at 300,000 objects: a pause of its own).
 Garbage in a cycle thus outlives its death by up to one interval or one doubling. Reference
 counting, which frees almost everything, is untouched.
 
@@ -28,12 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-# A sweep is also due once the frozen set has grown this many times since the last one...
+# A sweep is also due once the frozen set has grown this many times since the last one.
 GROWTH = 2
-# ...checked at most this often: gc.get_freeze_count() walks the whole frozen list (≈ 1 ms at
-# 200,000 objects), and under REST load a full collection of the young heap comes every few
-# hundred requests. Checked after each one, the count cost 3.7 % of the CPU (py-spy).
-GROWTH_CHECK = 5.0
 
 
 @dataclass
@@ -44,6 +43,7 @@ class GcStats:
     pause_seconds: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     max_pause_seconds: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     sweeps: int = 0  # full collections that walked the frozen objects too
+    frozen: int = 0  # objects frozen since the last sweep (or start-up), counted as frozen
 
 
 class GcPolicy:
@@ -55,14 +55,13 @@ class GcPolicy:
         self._swept_at = 0.0
         self._sweeping = False  # the frozen objects were given back: the next full one sweeps
         self._frozen_after_sweep = 0  # the frozen set's size after the last sweep (or start-up)
-        self._growth_checked_at = 0.0
 
     def install(self) -> None:
         """Collect and freeze what start-up built; from now on follow the policy."""
         gc.collect()
         gc.freeze()
-        self._swept_at = self._growth_checked_at = self._clock()
-        self._frozen_after_sweep = gc.get_freeze_count()
+        self._swept_at = self._clock()
+        self._frozen_after_sweep = self.stats.frozen = gc.get_freeze_count()
         gc.callbacks.append(self._on_gc)
 
     def uninstall(self) -> None:
@@ -88,24 +87,27 @@ class GcPolicy:
             return
         now = self._clock()
         if self._sweeping:
+            # The sweep has walked everything; the one time the frozen set is counted.
             self._sweeping = False
             self._swept_at = now
             stats.sweeps += 1
             gc.freeze()
-            self._frozen_after_sweep = gc.get_freeze_count()
-        elif now - self._swept_at >= self.sweep_interval or self._has_grown(now):
+            self._frozen_after_sweep = stats.frozen = gc.get_freeze_count()
+            return
+        # After a full collection the young generations are empty: generation 2's unfrozen
+        # objects are exactly what this freeze would add.
+        adding = len(gc.get_objects(generation=2))
+        if (
+            now - self._swept_at >= self.sweep_interval
+            or stats.frozen + adding >= GROWTH * self._frozen_after_sweep
+        ):
             # Give the frozen objects back now, so the *next* full collection (when Python's
             # own thresholds call for it) walks everything once.
             gc.unfreeze()
             self._sweeping = True
         else:
             gc.freeze()
-
-    def _has_grown(self, now: float) -> bool:
-        if now - self._growth_checked_at < GROWTH_CHECK:
-            return False
-        self._growth_checked_at = now
-        return gc.get_freeze_count() >= GROWTH * self._frozen_after_sweep
+            stats.frozen += adding
 
 
 _installed: GcPolicy | None = None
