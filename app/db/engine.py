@@ -35,10 +35,12 @@ def create_engine(database_url: str) -> AsyncEngine:
         # One connection for the process. SQLite has one writer at a time, and writers that
         # find the lock taken sleep and retry in its busy handler, which is not fair: under
         # twenty concurrent claimers one could wait past busy_timeout (a 503). The pool's
-        # queue is fair and costs nothing: every statement here takes microseconds to
+        # queue is nearly fair and costs nothing: every statement here takes microseconds to
         # milliseconds, and sessions give their connection back at each commit or rollback
-        # (long polls wait without one). Other processes on the same file still meet the
-        # busy handler.
+        # (long polls wait without one). Nearly: a connection given back can go to a newcomer
+        # ahead of the waiter it woke, who queues again, so a request checks it out once, not
+        # twice in a row (domain/claims.claim). Other processes on the same file still meet
+        # the busy handler.
         on_disk = bool(url.database) and url.database != ":memory:"
         options: dict[str, Any] = (
             {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30} if on_disk else {}
