@@ -26,6 +26,7 @@ are inserted, to fill in values that depend on the database (a message's inbox s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -72,7 +73,10 @@ class GroupCommit:
         write = _Write(rows, asyncio.get_running_loop().create_future())
         self._pending.append(write)
         if self._writer is None:
-            self._writer = asyncio.create_task(self._drain(), name="group-commit")
+            # A context of its own: not the first caller's (its request id, its trace).
+            self._writer = asyncio.create_task(
+                self._drain(), name="group-commit", context=contextvars.Context()
+            )
         await write.done
 
     async def close(self) -> None:
