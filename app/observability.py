@@ -130,6 +130,16 @@ class NodeCollector(Collector):
         yield from self._broker(manager)
         yield from self._presence(manager)
         yield from self._bridge(runtime.bridge)
+        yield _counter(
+            "cm_group_commit_transactions",
+            "Transactions the group commit wrote (app/db/group_commit.py).",
+            runtime.writes.batches,
+        )
+        yield _counter(
+            "cm_group_commit_writes",
+            "Requests' writes those transactions held: writes ÷ transactions is the batch size.",
+            runtime.writes.writes,
+        )
         yield from self._collector()
 
     def _broker(self, manager: ConnectionManager) -> Iterator[Metric]:

@@ -23,6 +23,7 @@ from app.db.engine import create_engine, create_sessionmaker, on_commit
 from app.db.group_commit import GroupCommit
 from tests.conftest import ClientFactory, ServiceFactory
 from tests.databases import BACKENDS, api, data_settings, fresh_database
+from tests.test_observability import scrape
 
 metadata = MetaData()
 notes = Table(
@@ -188,3 +189,6 @@ async def test_concurrent_writes_through_the_api(
     await watcher.no_frame(0.3)
     # 80 requests in far fewer transactions (a failed batch adds one per write retried alone).
     assert batches < 80
+    samples = await scrape(service.settings.ws_port)
+    assert samples[("cm_group_commit_transactions_total", ())] == writes.batches
+    assert samples[("cm_group_commit_writes_total", ())] == writes.writes >= 79
