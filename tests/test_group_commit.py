@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.db.engine import create_engine, create_sessionmaker, on_commit
 from app.db.group_commit import GroupCommit
 from tests.conftest import ClientFactory, ServiceFactory
-from tests.databases import BACKENDS, api, data_settings, fresh_database
+from tests.databases import BACKENDS, api, data_settings, fresh_database, postgres_database
 from tests.test_observability import scrape
 
 metadata = MetaData()
@@ -192,3 +192,43 @@ async def test_concurrent_writes_through_the_api(
     samples = await scrape(service.settings.ws_port)
     assert samples[("cm_group_commit_transactions_total", ())] == writes.batches
     assert samples[("cm_group_commit_writes_total", ())] == writes.writes >= 79
+
+
+@pytest.fixture
+async def shared_postgres(postgres_url: str) -> AsyncIterator[str]:
+    """One PostgreSQL database for two nodes (set up before them, dropped after them)."""
+    async with postgres_database(postgres_url) as url:
+        yield url
+
+
+@pytest.mark.postgres
+async def test_two_nodes_take_inbox_seqs_in_turn(
+    shared_postgres: str, start_service: ServiceFactory
+) -> None:
+    """Two nodes' batches take seqs from the same inbox counters: each seq once, no gap, no
+    deadlock (a batch locks its recipients in id order), and every message answered 201."""
+    first = await start_service(**data_settings(shared_postgres))
+    second = await start_service(**data_settings(shared_postgres))
+    bodies = [
+        {"from_agent": "boss", "to_agent": f"r{(i * 7) % 5}", "content": f"m{i}"}
+        for i in range(200)
+    ]
+    async with api(first) as one, api(second) as other:
+        answers = await asyncio.gather(
+            *(
+                (one if i % 2 else other).post("/api/messages", json=body)
+                for i, body in enumerate(bodies)
+            )
+        )
+        assert [answer.status_code for answer in answers] == [201] * 200
+        by_agent: dict[str, list[int]] = {}
+        for answer in answers:
+            sent = answer.json()
+            by_agent.setdefault(sent["to_agent"], []).append(sent["seq"])
+        assert {agent: sorted(seqs) for agent, seqs in by_agent.items()} == {
+            f"r{n}": list(range(1, 41)) for n in range(5)
+        }
+        page = (await one.get("/api/agents/r3/inbox", params={"limit": 100})).json()
+        assert [m["seq"] for m in page["messages"]] == list(range(1, 41))
+    both = first.app.state.runtime.writes.writes + second.app.state.runtime.writes.writes
+    assert both == 200
