@@ -16,7 +16,17 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -162,13 +172,26 @@ _DEPENDENCIES_DONE = ~exists(
 _NEEDED = func.json_each(Task.capabilities).table_valued("value").alias("needed")
 
 
-def _covered(db: AsyncSession, capabilities: Sequence[str]) -> ColumnElement[bool]:
-    """The task's capabilities are all among the claimer's."""
-    if db.get_bind().dialect.name == "postgresql":
-        have = bindparam(None, sorted(set(capabilities)), type_=JSONB)
+# What makes a task claimable, whoever claims it.
+_READY = (
+    Task.status == TaskStatus.PENDING.value,
+    Task.attempts < Task.max_attempts,
+    _DEPENDENCIES_DONE,
+)
+
+
+def _covered_by(postgres: bool, have: BindParameter[Any]) -> ColumnElement[bool]:
+    """The task's capabilities are all among `have` (the claimer's, sorted, no repeats)."""
+    if postgres:
         return or_(Task.capabilities.is_(None), Task.capabilities.op("<@")(have))
-    missing = select(_NEEDED.c.value).where(_NEEDED.c.value.not_in(list(capabilities))).exists()
+    missing = select(_NEEDED.c.value).where(_NEEDED.c.value.not_in(have)).exists()
     return or_(Task.capabilities.is_(None), ~missing)
+
+
+def _capabilities(postgres: bool, key: str | None, value: list[str] | None) -> BindParameter[Any]:
+    if postgres:
+        return bindparam(key, value, type_=JSONB)
+    return bindparam(key, value, expanding=True)
 
 
 def claimable(
@@ -178,16 +201,29 @@ def claimable(
     session_id: str | None = None,
 ) -> list[ColumnElement[bool]]:
     """Conditions of a claimable task (for `capabilities` and `agent_id` when given)."""
-    conditions = [
-        Task.status == TaskStatus.PENDING.value,
-        Task.attempts < Task.max_attempts,
-        _DEPENDENCIES_DONE,
-    ]
+    conditions = list(_READY)
     if capabilities is not None:
-        conditions.append(_covered(db, capabilities))
+        postgres = db.get_bind().dialect.name == "postgresql"
+        have = _capabilities(postgres, None, sorted(set(capabilities)))
+        conditions.append(_covered_by(postgres, have))
     if agent_id is not None:
         # Unassigned, or assigned to this claimer.
         conditions.append(or_(Task.agent_id.is_(None), Task.agent_id == agent_id))
     if session_id is not None:
         conditions.append(Task.session_id == session_id)
+    return conditions
+
+
+def claim_conditions(
+    postgres: bool, capabilities: bool, session: bool
+) -> list[ColumnElement[bool]]:
+    """`claimable`'s conditions for a claimer, its values left as named parameters, so a
+    statement built on them once serves every claim: `c_agent`; `c_capabilities` (sorted,
+    no repeats) when `capabilities`; `c_session` when `session`."""
+    conditions = list(_READY)
+    if capabilities:
+        conditions.append(_covered_by(postgres, _capabilities(postgres, "c_capabilities", None)))
+    conditions.append(or_(Task.agent_id.is_(None), Task.agent_id == bindparam("c_agent")))
+    if session:
+        conditions.append(Task.session_id == bindparam("c_session"))
     return conditions
