@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Update, and_, bindparam, func, select, update
@@ -47,9 +48,7 @@ def new_lease_id() -> str:
 CLAIM_ORDER = (Task.priority.desc(), Task.created_at, Task.id)
 
 
-_CLAIMS: dict[tuple[bool, bool, bool], Update] = {}
-
-
+@cache
 def _claim_statement(postgres: bool, capabilities: bool, session: bool) -> Update:
     """The claim, one statement, built once per shape (building it cost a quarter of a
     claim's CPU): its values are named parameters, those of `claim_conditions` and c_lease,
@@ -60,40 +59,35 @@ def _claim_statement(postgres: bool, capabilities: bool, session: bool) -> Updat
     alone; it re-checks readiness under the write lock it holds. It returns the claimed row
     as an entity (its dependencies loaded in the same transaction by the relationship's
     selectin loader), so nothing is read back after the commit."""
-    key = (postgres, capabilities, session)
-    statement = _CLAIMS.get(key)
-    if statement is None:
-        ready = claim_conditions(postgres, capabilities, session)
-        pick = (
-            select(Task.id)
-            .where(*ready)
-            .order_by(*CLAIM_ORDER)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=Task)
-            .scalar_subquery()
+    ready = claim_conditions(postgres, capabilities, session)
+    pick = (
+        select(Task.id)
+        .where(*ready)
+        .order_by(*CLAIM_ORDER)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Task)
+        .scalar_subquery()
+    )
+    columns = Task.__table__.c
+    now = bindparam("c_now", type_=columns.updated_at.type)
+    return (
+        update(Task)
+        .where(Task.id == pick, *ready)
+        .values(
+            status=TaskStatus.IN_PROGRESS.value,
+            attempts=Task.attempts + 1,
+            lease_id=bindparam("c_lease", type_=columns.lease_id.type),
+            lease_agent_id=bindparam("c_agent", type_=columns.lease_agent_id.type),
+            lease_fence=Task.lease_fence + 1,
+            lease_expires_at=bindparam("c_expires", type_=columns.lease_expires_at.type),
+            lease_seconds=bindparam("c_seconds", type_=columns.lease_seconds.type),
+            lease_outcome=None,
+            started_at=func.coalesce(Task.started_at, now),
+            updated_at=now,
         )
-        columns = Task.__table__.c
-        now = bindparam("c_now", type_=columns.updated_at.type)
-        statement = (
-            update(Task)
-            .where(Task.id == pick, *ready)
-            .values(
-                status=TaskStatus.IN_PROGRESS.value,
-                attempts=Task.attempts + 1,
-                lease_id=bindparam("c_lease", type_=columns.lease_id.type),
-                lease_agent_id=bindparam("c_agent", type_=columns.lease_agent_id.type),
-                lease_fence=Task.lease_fence + 1,
-                lease_expires_at=bindparam("c_expires", type_=columns.lease_expires_at.type),
-                lease_seconds=bindparam("c_seconds", type_=columns.lease_seconds.type),
-                lease_outcome=None,
-                started_at=func.coalesce(Task.started_at, now),
-                updated_at=now,
-            )
-            .returning(Task)
-            .execution_options(synchronize_session=False, populate_existing=True)
-        )
-        _CLAIMS[key] = statement
-    return statement
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
 
 
 async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,10 +34,15 @@ MAX_LIMIT = 500
 MAX_WAIT = 50.0
 
 
+def _counters(db: AsyncSession) -> tuple[Any, Table]:
+    """The dialect's INSERT (it has ON CONFLICT) and the inbox counters' table."""
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return insert, Inbox.metadata.tables["agent_inboxes"]
+
+
 async def next_seq(db: AsyncSession, agent_id: str) -> int:
     """The next seq of `agent_id`'s inbox, taken in the caller's transaction."""
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    table = Inbox.metadata.tables["agent_inboxes"]
+    insert, table = _counters(db)
     values = insert(table).values(agent_id=agent_id, last_seq=1, acked_seq=0)
     upsert = values.on_conflict_do_update(
         index_elements=["agent_id"],
@@ -53,8 +58,7 @@ async def take_seqs(db: AsyncSession, messages: list[dict[str, Any]]) -> None:
     up by its number of messages, which then take the seqs below it in list order. Recipients
     are locked in id order, so two batches on PostgreSQL cannot deadlock."""
     counts = Counter(message["to_agent"] for message in messages)
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    table = Inbox.metadata.tables["agent_inboxes"]
+    insert, table = _counters(db)
     values = insert(table).values(
         [{"agent_id": agent, "last_seq": n, "acked_seq": 0} for agent, n in sorted(counts.items())]
     )

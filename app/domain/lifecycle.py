@@ -8,6 +8,7 @@ holding a transaction open.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy import Update, bindparam, update
@@ -78,36 +79,25 @@ def lifecycle_values(current: str, changes: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-_ONE_QUERY: dict[type[Any], list[Any]] = {}
-
-
-def _one_query(model: type[Any]) -> list[Any]:
+@cache
+def _one_query(model: Any) -> tuple[Any, ...]:
     """Load a task's dependencies in the same SELECT (a join), not in a second (selectin).
 
     Built once per model: a loader option costs more to build than the join to run."""
-    options = _ONE_QUERY.get(model)
-    if options is None:
-        relationship = getattr(model, "dependencies", None)
-        options = _ONE_QUERY[model] = [] if relationship is None else [joinedload(relationship)]
-    return options
+    relationship = getattr(model, "dependencies", None)
+    return () if relationship is None else (joinedload(relationship),)
 
 
-_UPDATES: dict[tuple[Any, tuple[str, ...]], Update] = {}
-
-
-def _compare_and_set(model: type[Any], keys: tuple[str, ...]) -> Update:
+@cache
+def _compare_and_set(model: Any, keys: tuple[str, ...]) -> Update:
     """UPDATE … SET `keys` WHERE id = :cas_id AND status = :cas_status, built once per set of
     keys: building the statement cost more than running it (py-spy: ≈ 12 % of a PATCH)."""
     table = model.__table__
-    statement = _UPDATES.get((table, keys))
-    if statement is None:
-        statement = (
-            update(table)
-            .where(table.c.id == bindparam("cas_id"), table.c.status == bindparam("cas_status"))
-            .values({key: bindparam(f"set_{key}", type_=table.c[key].type) for key in keys})
-        )
-        _UPDATES[(table, keys)] = statement
-    return statement
+    return (
+        update(table)
+        .where(table.c.id == bindparam("cas_id"), table.c.status == bindparam("cas_status"))
+        .values({key: bindparam(f"set_{key}", type_=table.c[key].type) for key in keys})
+    )
 
 
 async def update_lifecycle(
@@ -125,8 +115,9 @@ async def update_lifecycle(
     A retry (someone changed the status meanwhile) rolls back and runs everything again,
     `prepare`'s writes included.
     """
+    mapped: Any = model  # the key of the statement caches
     for _ in range(5):
-        row: Any = await db.get(model, ident, populate_existing=True, options=_one_query(model))
+        row: Any = await db.get(model, ident, populate_existing=True, options=_one_query(mapped))
         if row is None:
             raise NotFound(kind, ident)
         if guard is not None:
@@ -146,7 +137,7 @@ async def update_lifecycle(
         keys = tuple(sorted(values))
         params = {f"set_{key}": values[key] for key in keys}
         result: Any = await db.execute(
-            _compare_and_set(model, keys), {"cas_id": ident, "cas_status": current, **params}
+            _compare_and_set(mapped, keys), {"cas_id": ident, "cas_status": current, **params}
         )
         if result.rowcount == 1:
             if settle is not None:

@@ -30,7 +30,7 @@ def message_out(row: Message) -> MessageOut:
 
 async def _store(
     db: AsyncSession,
-    writes: Writes | None = None,
+    writes: Writes,
     *,
     from_agent: str,
     to_agent: str,
@@ -44,8 +44,8 @@ async def _store(
 ) -> Message:
     """Insert a message with the recipient's next inbox seq, in one transaction.
 
-    With `writes`, and no transaction open on `db`, the message goes with the next group
-    commit, whose batch takes the seqs of all its messages at once (`inbox.take_seqs`)."""
+    With no transaction open on `db`, the message goes with the next group commit, whose
+    batch takes the seqs of all its messages at once (`inbox.take_seqs`)."""
     now = utcnow()
     row = Message(
         id=ident or new_id("msg"),
@@ -59,7 +59,7 @@ async def _store(
         thread_id=thread_id,
         reply_to=reply_to,
     )
-    if writes is not None and not db.in_transaction():
+    if not db.in_transaction():
         await insert_grouped(writes, row, "Message")
     else:
         row.seq = await inbox.next_seq(db, to_agent)

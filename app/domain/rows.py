@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import cache
 from typing import Any
 
 from sqlalchemy import inspect
@@ -47,7 +48,7 @@ async def insert_grouped(writes: Writes, row: Any, kind: str) -> None:
     The attributes set on `row` are its values (the others take their column defaults); what
     the batch fills in (a message's seq) is set on `row` after the commit."""
     given = inspect(row).dict
-    columns = _columns(type(row))
+    columns = _columns(row.__class__)
     values = {key: given[attr] for key, attr in columns if attr in given}
     try:
         await writes.insert((type(row).__table__, values))
@@ -58,14 +59,8 @@ async def insert_grouped(writes: Writes, row: Any, kind: str) -> None:
             setattr(row, attr, values[key])
 
 
-_COLUMNS: dict[type, list[tuple[str, str]]] = {}
-
-
-def _columns(model: type) -> list[tuple[str, str]]:
+@cache
+def _columns(model: Any) -> tuple[tuple[str, str], ...]:
     """(column key, attribute name) of a mapped class's columns, read once per class."""
-    columns = _COLUMNS.get(model)
-    if columns is None:
-        mapper: Mapper[Any] = inspect(model)
-        columns = [(prop.columns[0].key, prop.key) for prop in mapper.column_attrs]
-        _COLUMNS[model] = columns
-    return columns
+    mapper: Mapper[Any] = inspect(model)
+    return tuple((prop.columns[0].key, prop.key) for prop in mapper.column_attrs)
