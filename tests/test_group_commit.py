@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.engine import create_engine, create_sessionmaker, on_commit
-from app.db.group_commit import GroupCommit
+from app.db.group_commit import GroupCommit, Taken
 from tests.conftest import ClientFactory, ServiceFactory
 from tests.databases import BACKENDS, api, data_settings, fresh_database, postgres_database
 from tests.test_observability import scrape
@@ -62,36 +61,38 @@ async def test_concurrent_inserts_share_transactions(engine: AsyncEngine) -> Non
     on_commit(sessions, lambda: commits.append(1))
     writes = GroupCommit(sessions)
     await asyncio.gather(
-        *(writes.insert((notes, {"id": f"n{i}", "body": f"b{i}"})) for i in range(100))
+        *(writes.insert(notes, {"id": f"n{i}", "body": f"b{i}"}) for i in range(100))
     )
     assert await stored(engine) == {f"n{i}": (f"b{i}", None) for i in range(100)}
     # All hundred were handed in before the writer ran: one transaction, not a hundred, and
     # the bridge is woken once.
     assert writes.writes == 100 and writes.batches == 1 and len(commits) == 1
     # One more, alone: written at once, with no timer to wait for.
-    await writes.insert((notes, {"id": "last", "body": "b"}))
+    await writes.insert(notes, {"id": "last", "body": "b"})
     assert writes.batches == 2 and len(commits) == 2
 
 
-async def test_a_failing_write_fails_alone(engine: AsyncEngine) -> None:
+async def test_a_taken_id_is_refused_alone_and_fails_no_batch(engine: AsyncEngine) -> None:
     writes = GroupCommit(create_sessionmaker(engine))
-    await writes.insert((notes, {"id": "taken", "body": "first"}))
+    await writes.insert(notes, {"id": "taken", "body": "first"})
     wanted = [f"n{i}" for i in range(10)]
-    wanted[3] = wanted[7] = "taken"  # already there: both fail
+    wanted[3] = wanted[7] = "taken"  # already there: both refused
     wanted[5] = wanted[6] = "twice"  # twice in the batch: the first one wins
     results = await asyncio.gather(
-        *(writes.insert((notes, {"id": ident, "body": f"b{i}"})) for i, ident in enumerate(wanted)),
+        *(writes.insert(notes, {"id": ident, "body": f"b{i}"}) for i, ident in enumerate(wanted)),
         return_exceptions=True,
     )
-    failed = [i for i, result in enumerate(results) if isinstance(result, IntegrityError)]
+    failed = [i for i, result in enumerate(results) if isinstance(result, Taken)]
     assert failed == [3, 6, 7] and results.count(None) == 7
     expected = {ident: (f"b{i}", None) for i, ident in enumerate(wanted) if i not in failed}
     assert await stored(engine) == {"taken": ("first", None), **expected}
+    # One transaction for the ten: the taken ids were left out, not retried one by one.
+    assert writes.batches == 2 and writes.writes == 8
 
 
 async def test_rows_of_different_columns_and_a_prepare_step(engine: AsyncEngine) -> None:
     """Each set of columns is its own statement; a prepare step fills values in the batch's
-    transaction, again when a write is retried alone, and the caller reads them."""
+    transaction, for the rows that will be inserted only, and the caller reads them."""
     writes = GroupCommit(create_sessionmaker(engine))
     prepared: list[int] = []
 
@@ -101,28 +102,54 @@ async def test_rows_of_different_columns_and_a_prepare_step(engine: AsyncEngine)
             row["n"] = position + 100
 
     writes.prepare(notes, number)
-    await writes.insert((notes, {"id": "taken", "body": "x"}))
+    await writes.insert(notes, {"id": "taken", "body": "x"})
     rows = [{"id": f"n{i}", "body": "b"} if i % 2 else {"id": f"n{i}"} for i in range(6)]
     rows.append({"id": "taken", "body": "again"})
     results = await asyncio.gather(
-        *(writes.insert((notes, row)) for row in rows), return_exceptions=True
+        *(writes.insert(notes, row) for row in rows), return_exceptions=True
     )
-    assert results[:6] == [None] * 6 and isinstance(results[6], IntegrityError)
-    # Each was written alone in the end (the batch failed), at position 0 of its statement.
+    assert results[:6] == [None] * 6 and isinstance(results[6], Taken)
+    # Numbered within their statement: n0, n2, n4 (no `body`), then n1, n3, n5.
     assert await stored(engine) == {
         "taken": ("x", 100),
-        **{row["id"]: (row.get("body"), 100) for row in rows[:6]},
+        "n0": (None, 100),
+        "n2": (None, 101),
+        "n4": (None, 102),
+        "n1": ("b", 100),
+        "n3": ("b", 101),
+        "n5": ("b", 102),
     }
-    assert all(row["n"] == 100 for row in rows[:6])
-    # Once alone; for the batch, once per statement (without `body`: n0, n2, n4; with it: n1,
-    # n3, n5 and the taken id); then once for each of the seven retried alone.
-    assert prepared == [1, 3, 4, 1, 1, 1, 1, 1, 1, 1]
+    assert [row.get("n") for row in rows] == [100, 100, 101, 101, 102, 102, None]
+    # Once alone; for the batch, once per statement, the taken id left out of the second.
+    assert prepared == [1, 3, 3]
+
+
+async def test_a_failing_batch_is_written_write_by_write(engine: AsyncEngine) -> None:
+    """A batch that fails for another reason is rolled back and retried alone: only the
+    caller whose row caused it gets the error, and nothing of that row stays."""
+    writes = GroupCommit(create_sessionmaker(engine))
+
+    async def refuse_bad(db: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        if any(row["body"] == "bad" for row in rows):
+            raise ValueError("bad row")
+
+    writes.prepare(notes, refuse_bad)
+    bodies = ["ok", "ok", "bad", "ok", "ok"]
+    results = await asyncio.gather(
+        *(writes.insert(notes, {"id": f"n{i}", "body": b}) for i, b in enumerate(bodies)),
+        return_exceptions=True,
+    )
+    assert [type(result) for result in results] == [type(None)] * 2 + [ValueError] + [
+        type(None)
+    ] * 2
+    assert set(await stored(engine)) == {"n0", "n1", "n3", "n4"}
+    assert writes.batches == 4  # each of the four written alone after the batch failed
 
 
 async def test_a_cancelled_caller_still_commits_and_close_waits(engine: AsyncEngine) -> None:
     writes = GroupCommit(create_sessionmaker(engine))
-    first = asyncio.create_task(writes.insert((notes, {"id": "a", "body": "a"})))
-    gone = asyncio.create_task(writes.insert((notes, {"id": "b", "body": "b"})))
+    first = asyncio.create_task(writes.insert(notes, {"id": "a", "body": "a"}))
+    gone = asyncio.create_task(writes.insert(notes, {"id": "b", "body": "b"}))
     await asyncio.sleep(0)  # both handed in
     gone.cancel()
     await writes.close()
@@ -232,3 +259,22 @@ async def test_two_nodes_take_inbox_seqs_in_turn(
         assert [m["seq"] for m in page["messages"]] == list(range(1, 41))
     both = first.app.state.runtime.writes.writes + second.app.state.runtime.writes.writes
     assert both == 200
+
+
+async def test_a_refused_message_takes_no_seq(
+    database_url: str, start_service: ServiceFactory
+) -> None:
+    service = await start_service(**data_settings(database_url))
+    async with api(service) as http:
+        bodies: list[dict[str, Any]] = [
+            {"from_agent": "boss", "to_agent": "solo", "content": f"m{i}"} for i in range(10)
+        ]
+        for i in (2, 5, 8):
+            bodies[i]["id"] = "same"
+        answers = await asyncio.gather(*(http.post("/api/messages", json=b) for b in bodies))
+        codes = [answer.status_code for answer in answers]
+        assert codes.count(201) == 8 and codes.count(409) == 2
+        seqs = sorted(answer.json()["seq"] for answer in answers if answer.status_code == 201)
+        assert seqs == list(range(1, 9))
+        follow = await http.post("/api/messages", json=bodies[0])
+        assert follow.json()["seq"] == 9  # no gap left behind

@@ -71,8 +71,9 @@ class Presence(Protocol):
 class Writes(Protocol):
     """New rows written with the next group commit."""
 
-    async def insert(self, *rows: tuple[Table, dict[str, Any]]) -> None:
-        """Returns once `rows` are committed; raises what writing them alone raised."""
+    async def insert(self, table: Table, values: dict[str, Any], chosen: bool = True) -> None:
+        """Returns once the row is committed; raises `Taken` (db/group_commit.py) when its
+        id (`chosen` by the client, not generated) is, or what writing it alone raised."""
 
 
 @dataclass(slots=True)

@@ -60,7 +60,7 @@ async def _store(
         reply_to=reply_to,
     )
     if not db.in_transaction():
-        await insert_grouped(writes, row, "Message")
+        await insert_grouped(writes, row, "Message", chosen=ident is not None)
     else:
         row.seq = await inbox.next_seq(db, to_agent)
         await insert(db, row, "Message")

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper
 
+from app.db.group_commit import Taken
 from app.domain.context import Context, Writes
 from app.domain.errors import AlreadyExists
 
@@ -30,7 +31,7 @@ async def insert(db: AsyncSession, row: Any, kind: str) -> None:
         raise AlreadyExists(kind, row.id) from None
 
 
-async def insert_new(ctx: Context, row: Any, kind: str) -> None:
+async def insert_new(ctx: Context, row: Any, kind: str, chosen: bool) -> None:
     """Insert `row` with the next group commit (`insert_grouped`).
 
     While the request's own session holds a transaction (it read what this write depends on),
@@ -39,11 +40,12 @@ async def insert_new(ctx: Context, row: Any, kind: str) -> None:
     if ctx.db.in_transaction():
         await insert(ctx.db, row, kind)
     else:
-        await insert_grouped(ctx.writes, row, kind)
+        await insert_grouped(ctx.writes, row, kind, chosen)
 
 
-async def insert_grouped(writes: Writes, row: Any, kind: str) -> None:
-    """`row` committed with concurrent requests' rows; AlreadyExists when its id is taken.
+async def insert_grouped(writes: Writes, row: Any, kind: str, chosen: bool) -> None:
+    """`row` committed with concurrent requests' rows; AlreadyExists when its id (`chosen`
+    by the client; a generated one is not looked up) is taken.
 
     The attributes set on `row` are its values (the others take their column defaults); what
     the batch fills in (a message's seq) is set on `row` after the commit."""
@@ -51,8 +53,8 @@ async def insert_grouped(writes: Writes, row: Any, kind: str) -> None:
     columns = _columns(row.__class__)
     values = {key: given[attr] for key, attr in columns if attr in given}
     try:
-        await writes.insert((type(row).__table__, values))
-    except IntegrityError:
+        await writes.insert(row.__table__, values, chosen)
+    except (Taken, IntegrityError):
         raise AlreadyExists(kind, row.id) from None
     for key, attr in columns:
         if attr not in given and key in values:

@@ -103,7 +103,7 @@ async def create_task(ctx: Context, body: TaskCreate) -> TaskOut:
     row.dependencies = [
         TaskDependency(task_id=row.id, depends_on=ident) for ident in sorted(set(body.depends_on))
     ]
-    await insert_new(ctx, row, "Task")
+    await insert_new(ctx, row, "Task", chosen=body.id is not None)
     return task_out(row)
 
 
