@@ -23,8 +23,10 @@ reconnects (resume.Reconnector, the brokers' loop too: capped, jittered backoff)
 its in-memory last id, which delivers what was written meanwhile, once.
 
 Across a crash, a restart or a leader takeover: at least once, and exactly once when the
-broker kept the channel's history. After each batch the bridge records its last id in
-`bridge_cursor` (only ever forwards). On start — and when a node becomes its cluster's
+broker kept the channel's history. The bridge records its last id in `bridge_cursor` (only
+ever forwards) after each full batch, before it publishes a batch that would leave more than
+a batch unrecorded, and otherwise at most every CURSOR_EVERY (a trickle of one event per batch
+would cost a write transaction per event). On start — and when a node becomes its cluster's
 leader — it resumes from that row, not from the outbox's head, so events committed just
 before a `kill -9` are still delivered. (On the very first start, with no row yet, it begins
 at the head and writes the row.) Events between the recorded cursor and the head seen at
@@ -60,10 +62,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -83,6 +86,9 @@ NOTIFY_CHANNEL = "cm_events"
 LEADER_LOCK = 0x636D6272  # "cmbr": the bridge that may publish, with a shared broker
 KEEPALIVE = 5.0  # seconds between liveness checks of the LISTEN connection
 FIRST_DELAY = 0.1
+# How stale bridge_cursor may get while events trickle in (short batches); full batches and
+# a gap of a batch are recorded at once, so the crash window stays one batch.
+CURSOR_EVERY = 0.5
 
 # Does this backend (pid) hold the leader lock? A bigint key below 2**32 shows in pg_locks as
 # classid 0, objid = key, objsubid 1.
@@ -90,6 +96,14 @@ HOLDS_LEADER_LOCK = text(
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
     " AND classid = 0 AND objid = :key AND objsubid = 1 AND pid = :pid"
     " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
+
+# The outbox rows after a cursor: built once, its values bound at each round.
+_PENDING = (
+    select(Event.id, Event.event, Event.session_id, Event.agent_id, Event.data)
+    .where(Event.id > bindparam("after"))
+    .order_by(Event.id)
+    .limit(bindparam("batch"))
 )
 
 
@@ -139,6 +153,7 @@ class Bridge:
         self.cursor_name = cursor_name(settings, self.exclusive)
         self.last_id = 0
         self.persisted_id = 0  # what bridge_cursor holds, as far as this bridge knows
+        self._persisted_at = 0.0  # monotonic time of the last write of bridge_cursor
         self.resumed_from: int | None = None  # the cursor of the last start or takeover
         self.delivered = 0  # events fully published
         # Events between a resumed cursor and the head seen then: published (no channel's
@@ -252,6 +267,7 @@ class Bridge:
                 .values(last_id=last_id, updated_at=utcnow())
             )
         self.persisted_id = last_id
+        self._persisted_at = time.monotonic()
 
     # --- delivery -------------------------------------------------------------------------
 
@@ -288,12 +304,13 @@ class Bridge:
                         self.leader = False
                         return count
                     result = await connection.execute(
-                        select(Event.id, Event.event, Event.session_id, Event.agent_id, Event.data)
-                        .where(Event.id > self.last_id)
-                        .order_by(Event.id)
-                        .limit(batch)
+                        _PENDING, {"after": self.last_id, "batch": batch}
                     )
                     rows = result.all()
+                if rows and rows[-1].id - self.persisted_id > batch:
+                    # Across a crash at most one batch is published and not recorded (what a
+                    # restart's history check covers), however many small batches came first.
+                    await self._persist()
                 for row in rows:
                     if not self.leader:
                         return count  # the LISTEN connection died meanwhile: not ours to record
@@ -304,9 +321,15 @@ class Bridge:
                 # A failure above leaves the row as it was: the retry goes on from the
                 # in-memory last_id, and the next complete batch records it.
                 self._end_catchup()
-                await self._persist()
-                if len(rows) < batch:
-                    return count
+                if len(rows) == batch:
+                    await self._persist()
+                    continue
+                # A write per batch of one costs a writer transaction per event under a
+                # trickle (one agent's writes): record at most every CURSOR_EVERY then; the
+                # idle poll records the rest.
+                if time.monotonic() - self._persisted_at >= CURSOR_EVERY:
+                    await self._persist()
+                return count
 
     async def _deliver(
         self, event_id: int, event: str, session_id: str | None, agent_id: str | None, data: Any

@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -153,6 +154,44 @@ async def test_restart_resumes_from_the_recorded_cursor(
     # The in-memory history of a new process holds nothing: all five go out.
     assert (resumed.catchup_published, resumed.catchup_skipped) == (5, 0)
     assert await resumed.stored_cursor() == head + 4
+
+
+async def test_a_trickle_records_the_cursor_late_but_never_a_batch_behind(
+    database_url: str, start_service: ServiceFactory
+) -> None:
+    """One event per batch (one agent's writes) does not cost a cursor write per event, and
+    what is published but not recorded stays within one batch; the idle poll records the rest."""
+    service = await start_service(**data_settings(database_url, bridge_batch=4))
+    bridge: Bridge = service.app.state.bridge
+    recorded: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE BRIDGE_CURSOR"):
+            recorded.append(statement)
+
+    engine = service.app.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    gaps = []
+    async with api(service) as http:
+        for i in range(12):
+            response = await http.post("/api/tasks", json={"title": f"trickle {i}"})
+            assert response.status_code == 201, response.text
+            head = await outbox_head(database_url)
+
+            async def delivered(head: int = head) -> bool:
+                return bridge.last_id >= head
+
+            await eventually(delivered)
+            gaps.append(bridge.last_id - (await bridge.stored_cursor() or 0))
+    assert max(gaps) <= 4, gaps
+    assert len(recorded) < 12, f"{len(recorded)} cursor writes for 12 events"
+    head = await outbox_head(database_url)
+
+    async def recorded_all() -> bool:
+        return await bridge.stored_cursor() == head
+
+    await eventually(recorded_all)
+    event.remove(engine, "before_cursor_execute", count)
 
 
 async def test_first_start_begins_at_the_head_and_records_it(
