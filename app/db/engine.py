@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from app.db.sqlite_driver import one_hop_dbapi
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the writer; the busy timeout makes writers queue, not fail.
@@ -45,6 +47,8 @@ def create_engine(database_url: str) -> AsyncEngine:
         options: dict[str, Any] = (
             {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30} if on_disk else {}
         )
+        if url.get_driver_name() == "aiosqlite":
+            options["module"] = one_hop_dbapi()  # one thread hop per statement, not four
         engine = create_async_engine(url, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
