@@ -296,6 +296,7 @@ async def test_a_patch_answers_what_a_read_then_finds(service: Service) -> None:
         steps: list[dict[str, Any]] = [
             {"depends_on": ["b", "a"]},
             {"depends_on": ["a"], "priority": 7},
+            {"depends_on": ["a"], "priority": 7},  # no change: no write, the row as read
             {"capabilities": ["py", "go", "py"], "description": "d"},
             {"depends_on": []},
             {"status": "in_progress"},

@@ -8,19 +8,17 @@ holding a transaction open.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any
 
-from sqlalchemy import Update, bindparam, update
+from sqlalchemy import Select, Update, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
-from sqlalchemy.orm.attributes import set_committed_value
 
-from app.db.models import FINISHED, TaskStatus
+from app.db.models import FINISHED, TaskDependency, TaskStatus
 from app.db.types import utcnow
 from app.domain.errors import Conflict, IllegalTransition, NotFound
-
-M = TypeVar("M")
 
 # Allowed status changes of a task or subtask. Staying in the same state is not a change.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
@@ -79,13 +77,49 @@ def lifecycle_values(current: str, changes: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-@cache
-def _one_query(model: Any) -> tuple[Any, ...]:
-    """Load a task's dependencies in the same SELECT (a join), not in a second (selectin).
+class Snapshot(SimpleNamespace):
+    """A task or subtask as `update_lifecycle` read it, then with what it wrote: the columns
+    as attributes, and a task's `dependencies` as `Dependency` rows (what `task_out` and
+    `subtask_out` read). Not an ORM object: loading one through the ORM (identity map,
+    instance state, the joined loader) was ≈ 23 % of a PATCH's CPU (py-spy)."""
 
-    Built once per model: a loader option costs more to build than the join to run."""
-    relationship = getattr(model, "dependencies", None)
-    return () if relationship is None else (joinedload(relationship),)
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    depends_on: str
+
+
+_DEPENDS_ON = "_depends_on"
+
+
+@cache
+def _read(model: Any) -> Select[Any]:
+    """The row by id, and a task's dependencies in the same SELECT (an outer join: one row
+    per dependency, or one with NULL), built once per model."""
+    table = model.__table__
+    if getattr(model, "dependencies", None) is None:
+        return select(table).where(table.c.id == bindparam("ident"))
+    dependencies = TaskDependency.__table__
+    return (
+        select(table, dependencies.c.depends_on.label(_DEPENDS_ON))
+        .outerjoin(dependencies, dependencies.c.task_id == table.c.id)
+        .where(table.c.id == bindparam("ident"))
+        .order_by(dependencies.c.depends_on)
+    )
+
+
+async def read_snapshot(db: AsyncSession, model: Any, ident: str) -> Snapshot | None:
+    rows = (await db.execute(_read(model), {"ident": ident})).mappings().all()
+    if not rows:
+        return None
+    first = rows[0]
+    if _DEPENDS_ON not in first:
+        return Snapshot(**first)
+    snapshot = Snapshot(**{key: value for key, value in first.items() if key != _DEPENDS_ON})
+    snapshot.dependencies = [
+        Dependency(row[_DEPENDS_ON]) for row in rows if row[_DEPENDS_ON] is not None
+    ]
+    return snapshot
 
 
 @cache
@@ -102,22 +136,22 @@ def _compare_and_set(model: Any, keys: tuple[str, ...]) -> Update:
 
 async def update_lifecycle(
     db: AsyncSession,
-    model: type[M],
+    model: type[Any],
     kind: str,
     ident: str,
     changes: dict[str, Any],
     guard: Guard | None = None,
     prepare: Prepare | None = None,
     settle: Settle | None = None,
-) -> M:
+) -> Snapshot:
     """Apply a PATCH to a task or subtask: guarded, validated, compare-and-set, retried.
 
     A retry (someone changed the status meanwhile) rolls back and runs everything again,
-    `prepare`'s writes included.
+    `prepare`'s writes included. The answer is the row as read plus what was written.
     """
     mapped: Any = model  # the key of the statement caches
     for _ in range(5):
-        row: Any = await db.get(model, ident, populate_existing=True, options=_one_query(mapped))
+        row = await read_snapshot(db, mapped, ident)
         if row is None:
             raise NotFound(kind, ident)
         if guard is not None:
@@ -127,8 +161,7 @@ async def update_lifecycle(
         asked = changes if prepare is None else await prepare(row, changes)
         effective = {k: v for k, v in asked.items() if getattr(row, k) != v}
         if not effective:
-            unchanged: M = row
-            return unchanged  # nothing changes: no write, no event
+            return row  # nothing changes: no write, no event
         if current in FINISHED:
             raise Conflict(f"{kind} {ident} is {current}: it does not change any more", "FINISHED")
         values = lifecycle_values(current, effective)
@@ -146,8 +179,7 @@ async def update_lifecycle(
             # The row is now what was read plus `values`: no trigger writes the row itself and
             # `settle` writes its dependents only, so it is not read a second time.
             for key, value in values.items():
-                set_committed_value(row, key, value)
-            updated: M = row
-            return updated
+                setattr(row, key, value)
+            return row
         await db.rollback()  # someone changed the status meanwhile: look again
     raise Conflict(f"{kind} {ident} is changing too fast; retry")

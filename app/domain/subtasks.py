@@ -16,7 +16,7 @@ from app.domain.tasks import writable_task
 from app.schemas import Page, SubtaskCreate, SubtaskOut, SubtaskUpdate
 
 
-def subtask_out(row: Subtask) -> SubtaskOut:
+def subtask_out(row: Subtask | lifecycle.Snapshot) -> SubtaskOut:
     return SubtaskOut.model_validate(row, from_attributes=True)
 
 

@@ -17,7 +17,7 @@ from app.schemas import LeaseOut, Page, TaskCreate, TaskOut, TaskUpdate
 LEASE_LOST = "LEASE_LOST"
 
 
-def lease_out(row: Task) -> LeaseOut | None:
+def lease_out(row: Task | lifecycle.Snapshot) -> LeaseOut | None:
     if row.lease_id is None or row.lease_agent_id is None or row.lease_expires_at is None:
         return None
     return LeaseOut(
@@ -28,7 +28,7 @@ def lease_out(row: Task) -> LeaseOut | None:
     )
 
 
-def task_out(row: Task) -> TaskOut:
+def task_out(row: Task | lifecycle.Snapshot) -> TaskOut:
     return TaskOut(
         id=row.id,
         session_id=row.session_id,
@@ -202,6 +202,6 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
     row = await lifecycle.update_lifecycle(
         db, Task, "Task", task_id, changes, guard, prepare, settle
     )
-    if replaced:
-        await db.refresh(row, ["dependencies"])
+    if replaced:  # the rows prepare wrote, as replace_dependencies wrote them
+        row.dependencies = [lifecycle.Dependency(d) for d in sorted(set(depends_on or ()))]
     return task_out(row)
