@@ -288,6 +288,22 @@ async def test_the_pick_walks_the_claim_index_without_sorting(tmp_path: Path) ->
         await engine.dispose()
 
 
+async def test_a_claim_without_capabilities_uses_the_registered_ones(service: Service) -> None:
+    async with api(service) as http:
+        await task(http, id="sql", capabilities=["sql"])
+        await task(http, id="go", capabilities=["go"], priority=1)
+        registered = await http.post("/api/agents", json={"id": "w1", "capabilities": ["sql"]})
+        assert registered.status_code == 201, registered.text
+        got = await claim(http)  # "go" ranks first, but w1 declared only sql
+        assert got is not None and got["task"]["id"] == "sql"
+        assert await claim(http) is None
+        assert await claim(http, "w2") is None  # no agent row: it declared nothing
+        registered = await http.post("/api/agents", json={"id": "w2", "capabilities": ["go"]})
+        assert registered.status_code == 201, registered.text
+        got = await claim(http, "w2")
+        assert got is not None and got["task"]["id"] == "go"
+
+
 async def test_a_patch_answers_what_a_read_then_finds(service: Service) -> None:
     """The PATCH answer is built from the row it wrote, not read back: it must equal a GET."""
     async with api(service) as http:

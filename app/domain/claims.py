@@ -28,12 +28,13 @@ from sqlalchemy import Update, and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.security import Role
-from app.db.models import Agent, Task, TaskStatus
+from app.db.models import Agent, Task, TaskDependency, TaskStatus
 from app.db.types import utcnow
 from app.domain import access
 from app.domain.context import Context
 from app.domain.dependencies import claim_conditions, settle_dependents
 from app.domain.errors import Conflict, Forbidden, NotFound
+from app.domain.lifecycle import Dependency, Snapshot
 from app.domain.tasks import LEASE_LOST, lease_out, task_out
 from app.schemas import Claimed, ClaimRequest, TaskOut
 
@@ -43,6 +44,9 @@ def new_lease_id() -> str:
 
 
 # --- claiming --------------------------------------------------------------------------------
+
+# What an agent declared it can do when it registered (None: no such agent).
+_DECLARED = select(Agent.capabilities).where(Agent.id == bindparam("agent"))
 
 # The best ready task first: highest priority, then the oldest. ix_tasks_claim is in this order.
 CLAIM_ORDER = (Task.priority.desc(), Task.created_at, Task.id)
@@ -56,9 +60,9 @@ def _claim_statement(postgres: bool, capabilities: bool, session: bool) -> Updat
 
     PostgreSQL: the pick skips rows other claimers hold, so nobody queues. SQLite: one
     writer, and one pooled connection per process (db/engine.py), so the statement runs
-    alone; it re-checks readiness under the write lock it holds. It returns the claimed row
-    as an entity (its dependencies loaded in the same transaction by the relationship's
-    selectin loader), so nothing is read back after the commit."""
+    alone; it re-checks readiness under the write lock it holds. It returns the claimed row's
+    columns (its dependencies are read in the same transaction), so nothing is read back
+    after the commit."""
     ready = claim_conditions(postgres, capabilities, session)
     pick = (
         select(Task.id)
@@ -68,10 +72,11 @@ def _claim_statement(postgres: bool, capabilities: bool, session: bool) -> Updat
         .with_for_update(skip_locked=True, of=Task)
         .scalar_subquery()
     )
-    columns = Task.__table__.c
+    table: Any = Task.__table__
+    columns = table.c
     now = bindparam("c_now", type_=columns.updated_at.type)
     return (
-        update(Task)
+        update(table)
         .where(Task.id == pick, *ready)
         .values(
             status=TaskStatus.IN_PROGRESS.value,
@@ -85,8 +90,7 @@ def _claim_statement(postgres: bool, capabilities: bool, session: bool) -> Updat
             started_at=func.coalesce(Task.started_at, now),
             updated_at=now,
         )
-        .returning(Task)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*columns)
     )
 
 
@@ -110,15 +114,26 @@ async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed 
     if body.session_id is not None:
         params["c_session"] = body.session_id
     result = await db.execute(statement, params)
-    row = result.scalar_one_or_none()
-    if row is None:
+    claimed = result.mappings().one_or_none()
+    if claimed is None:
         await db.rollback()
         return None
+    row = Snapshot(**claimed)
+    row.dependencies = [
+        Dependency(ident) for ident in await db.scalars(_DEPENDS_ON, {"task": row.id})
+    ]
     await db.commit()
     assert row.lease_id == lease_id
     lease = lease_out(row)
     assert lease is not None
     return Claimed(task=task_out(row), lease=lease)
+
+
+_DEPENDS_ON = (
+    select(TaskDependency.depends_on)
+    .where(TaskDependency.task_id == bindparam("task"))
+    .order_by(TaskDependency.depends_on)
+)
 
 
 def _may_free_a_task(event: str) -> bool:
@@ -137,9 +152,9 @@ async def claim(ctx: Context, body: ClaimRequest) -> Claimed | None:
         # the two let other requests take SQLite's one connection first, again and again —
         # the pool's queue lets a newcomer in ahead of a waiter it has woken. 16 claimers:
         # p99 886 → 69 ms.
-        agent = await ctx.db.get(Agent, agent_id)
-        if agent is not None and agent.capabilities:
-            body = body.model_copy(update={"capabilities": list(agent.capabilities)})
+        declared = await ctx.db.scalar(_DECLARED, {"agent": agent_id})
+        if declared:
+            body = body.model_copy(update={"capabilities": list(declared)})
     if body.wait_seconds <= 0:
         return await try_claim(ctx, agent_id, body)
     async with ctx.realtime.watch("global", _may_free_a_task, body.wait_seconds) as watch:
