@@ -304,6 +304,29 @@ async def test_a_claim_without_capabilities_uses_the_registered_ones(service: Se
         assert got is not None and got["task"]["id"] == "go"
 
 
+async def test_a_create_answers_what_a_read_then_finds(service: Service) -> None:
+    """A create's answer is built from the values it inserted, not read back."""
+    async with api(service) as http:
+        bodies: list[dict[str, Any]] = [
+            {"title": "plain"},
+            {
+                "id": "full",
+                "title": "t",
+                "description": "d",
+                "priority": 4,
+                "max_attempts": 5,
+                "payload": {"k": [1, "x"]},
+                "capabilities": ["py", "go", "py"],
+            },
+            {"title": "after", "depends_on": ["full"], "agent_id": "w1"},
+        ]
+        for body in bodies:
+            created = await http.post("/api/tasks", json=body)
+            assert created.status_code == 201, created.text
+            answer = created.json()
+            assert answer == (await http.get(f"/api/tasks/{answer['id']}")).json(), body
+
+
 async def test_a_patch_answers_what_a_read_then_finds(service: Service) -> None:
     """The PATCH answer is built from the row it wrote, not read back: it must equal a GET."""
     async with api(service) as http:

@@ -34,7 +34,7 @@ from app.domain import access
 from app.domain.context import Context
 from app.domain.dependencies import claim_conditions, settle_dependents
 from app.domain.errors import Conflict, Forbidden, NotFound
-from app.domain.lifecycle import Dependency, Snapshot
+from app.domain.rows import Dependency, Snapshot
 from app.domain.tasks import LEASE_LOST, lease_out, task_out
 from app.schemas import Claimed, ClaimRequest, TaskOut
 

@@ -8,9 +8,7 @@ holding a transaction open.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import cache
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Select, Update, bindparam, select, update
@@ -19,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import FINISHED, TaskDependency, TaskStatus
 from app.db.types import utcnow
 from app.domain.errors import Conflict, IllegalTransition, NotFound
+from app.domain.rows import Dependency, Snapshot
 
 # Allowed status changes of a task or subtask. Staying in the same state is not a change.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
@@ -75,18 +74,6 @@ def lifecycle_values(current: str, changes: dict[str, Any]) -> dict[str, Any]:
             values["completed_at"] = now
     values["updated_at"] = now
     return values
-
-
-class Snapshot(SimpleNamespace):
-    """A task or subtask as `update_lifecycle` read it, then with what it wrote: the columns
-    as attributes, and a task's `dependencies` as `Dependency` rows (what `task_out` and
-    `subtask_out` read). Not an ORM object: loading one through the ORM (identity map,
-    instance state, the joined loader) was ≈ 23 % of a PATCH's CPU (py-spy)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Dependency:
-    depends_on: str
 
 
 _DEPENDS_ON = "_depends_on"

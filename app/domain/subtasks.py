@@ -11,12 +11,12 @@ from app.db.types import utcnow
 from app.domain import access, lifecycle, pagination
 from app.domain.context import Context
 from app.domain.errors import NotFound
-from app.domain.rows import insert, new_id
+from app.domain.rows import Snapshot, insert, new_id
 from app.domain.tasks import writable_task
 from app.schemas import Page, SubtaskCreate, SubtaskOut, SubtaskUpdate
 
 
-def subtask_out(row: Subtask | lifecycle.Snapshot) -> SubtaskOut:
+def subtask_out(row: Subtask | Snapshot) -> SubtaskOut:
     return SubtaskOut.model_validate(row, from_attributes=True)
 
 

@@ -11,13 +11,13 @@ from app.db.types import utcnow
 from app.domain import access, dependencies, lifecycle, pagination
 from app.domain.context import Context
 from app.domain.errors import Conflict, NotFound
-from app.domain.rows import insert_new, new_id
+from app.domain.rows import Dependency, Snapshot, insert, insert_values, new_id, snapshot
 from app.schemas import LeaseOut, Page, TaskCreate, TaskOut, TaskUpdate
 
 LEASE_LOST = "LEASE_LOST"
 
 
-def lease_out(row: Task | lifecycle.Snapshot) -> LeaseOut | None:
+def lease_out(row: Task | Snapshot) -> LeaseOut | None:
     if row.lease_id is None or row.lease_agent_id is None or row.lease_expires_at is None:
         return None
     return LeaseOut(
@@ -28,7 +28,7 @@ def lease_out(row: Task | lifecycle.Snapshot) -> LeaseOut | None:
     )
 
 
-def task_out(row: Task | lifecycle.Snapshot) -> TaskOut:
+def task_out(row: Task | Snapshot) -> TaskOut:
     return TaskOut(
         id=row.id,
         session_id=row.session_id,
@@ -83,28 +83,36 @@ async def create_task(ctx: Context, body: TaskCreate) -> TaskOut:
     access.require_writer(ctx.actor)
     ready_at = await dependencies.check_dependencies(ctx.db, body.id, body.depends_on)
     now = utcnow()
-    row = Task(
-        id=body.id or new_id("task"),
-        title=body.title,
-        description=body.description,
-        session_id=body.session_id,
-        agent_id=body.agent_id,
-        priority=body.priority,
-        payload=body.payload,
-        status=TaskStatus.PENDING.value,
-        capabilities=sorted(set(body.capabilities)) or None,
-        max_attempts=body.max_attempts,
-        attempts=0,
-        lease_fence=0,
-        ready_at=ready_at,
-        created_at=now,
-        updated_at=now,
-    )
-    row.dependencies = [
-        TaskDependency(task_id=row.id, depends_on=ident) for ident in sorted(set(body.depends_on))
-    ]
-    await insert_new(ctx, row, "Task", chosen=body.id is not None)
-    return task_out(row)
+    values: dict[str, Any] = {
+        "id": body.id or new_id("task"),
+        "title": body.title,
+        "description": body.description,
+        "session_id": body.session_id,
+        "agent_id": body.agent_id,
+        "priority": body.priority,
+        "payload": body.payload,
+        "status": TaskStatus.PENDING.value,
+        "capabilities": sorted(set(body.capabilities)) or None,
+        "max_attempts": body.max_attempts,
+        "attempts": 0,
+        "lease_fence": 0,
+        "ready_at": ready_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+    wanted = sorted(set(body.depends_on))
+    if wanted or ctx.db.in_transaction():
+        # It read its dependencies, so its session holds a transaction: its rows go into
+        # that one. The group commit's is another, and waiting for it while holding SQLite's
+        # one connection would wait for ever.
+        row = Task(**values)
+        row.dependencies = [TaskDependency(task_id=row.id, depends_on=d) for d in wanted]
+        await insert(ctx.db, row, "Task")
+        return task_out(row)
+    await insert_values(ctx.writes, Task.__table__, values, "Task", chosen=body.id is not None)
+    created = snapshot(Task.__table__, values)
+    created.dependencies = []
+    return task_out(created)
 
 
 def task_filters(
@@ -203,5 +211,5 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
         db, Task, "Task", task_id, changes, guard, prepare, settle
     )
     if replaced:  # the rows prepare wrote, as replace_dependencies wrote them
-        row.dependencies = [lifecycle.Dependency(d) for d in sorted(set(depends_on or ()))]
+        row.dependencies = [Dependency(d) for d in sorted(set(depends_on or ()))]
     return task_out(row)
