@@ -249,11 +249,13 @@ async def test_heartbeat_renews_leases_and_last_attempt_expiry_fails(service: Se
         await http.post("/api/agents", json={"id": "w1"})
         await task(http, id="long")
         await task(http, id="once", max_attempts=1)
-        long = await claim(http, lease_seconds=1)
+        long = await claim(http, lease_seconds=2)
         assert long is not None and long["task"]["id"] == "long"
         once = await claim(http, "w2", lease_seconds=1)
         assert once is not None
-        for _ in range(6):  # 1.5 s of heartbeats keep w1's 1 s lease alive
+        # 2.5 s of heartbeats keep w1's 2 s lease alive; a heartbeat may come 1.75 s late (a
+        # busy CI machine once delayed one past a 1 s lease) and w2's 1 s lease still ends.
+        for _ in range(10):
             assert (await http.post("/api/agents/w1/heartbeat")).status_code == 200
             await asyncio.sleep(0.25)
         still = (await http.get("/api/tasks/long")).json()
