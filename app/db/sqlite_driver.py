@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiosqlite
@@ -33,10 +33,13 @@ from sqlalchemy.util import EMPTY_DICT
 Outcome = tuple[Any, list[Any], int, int | None]
 
 
-def _execute(conn: sqlite3.Connection, operation: str, parameters: Any) -> Outcome:
+def _statement(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> Outcome:
+    """One statement, run on the connection's thread: open, execute, fetch, close."""
     cursor = conn.cursor()
     try:
-        if parameters is None:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
             cursor.execute(operation)
         else:
             cursor.execute(operation, parameters)
@@ -47,26 +50,12 @@ def _execute(conn: sqlite3.Connection, operation: str, parameters: Any) -> Outco
         cursor.close()
 
 
-def _executemany(conn: sqlite3.Connection, operation: str, seq: Sequence[Any]) -> Outcome:
-    cursor = conn.cursor()
-    try:
-        cursor.executemany(operation, seq)
-        description = cursor.description  # RETURNING is not supported with executemany
-        rows = cursor.fetchall() if description else []
-        return description, rows, cursor.rowcount, cursor.lastrowid
-    finally:
-        cursor.close()
-
-
 async def _on_thread(
-    connection: aiosqlite.Connection,
-    run: Callable[[sqlite3.Connection, str, Any], Outcome],
-    operation: str,
-    parameters: Any,
+    connection: aiosqlite.Connection, operation: str, parameters: Any, many: bool
 ) -> Outcome:
-    """`run` on the connection's thread, as aiosqlite's own methods queue their calls."""
+    """`_statement` on the connection's thread, as aiosqlite's own methods queue their calls."""
     queue: Callable[..., Awaitable[Outcome]] = connection._execute
-    return await queue(run, connection._conn, operation, parameters)
+    return await queue(_statement, connection._conn, operation, parameters, many)
 
 
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
@@ -121,12 +110,12 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _execute_async(self, operation: Any, parameters: Any) -> None:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         async with self._adapt_connection._execute_mutex:
-            self._keep(await _on_thread(connection, _execute, operation, parameters))
+            self._keep(await _on_thread(connection, operation, parameters, many=False))
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         async with self._adapt_connection._execute_mutex:
-            self._keep(await _on_thread(connection, _executemany, operation, seq_of_parameters))
+            self._keep(await _on_thread(connection, operation, seq_of_parameters, many=True))
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
