@@ -66,6 +66,33 @@ async def test_seq_cursor_and_ack(database_url: str, start_service: ServiceFacto
         assert nothing_new == {"messages": [], "cursor": 5}
 
 
+async def test_a_send_answers_what_a_read_then_finds(
+    database_url: str, start_service: ServiceFactory
+) -> None:
+    """A message's answer is built from the values it inserted (and the seq its batch took),
+    not read back: it must equal a GET, for every field a sender can give."""
+    service = await start_service(**data_settings(database_url))
+    async with api(service) as http:
+        first = await send(http, "coder", "plain")
+        full = await send(
+            http,
+            "coder",
+            "full",
+            id="msg-full",
+            data={"k": [1, "x"], "n": 1.5},
+            session_id="s1",
+            ttl_seconds=600,
+            thread_id="t1",
+            reply_to=first["id"],
+        )
+        answers = [first, full]
+        answers += await asyncio.gather(*(send(http, f"r{i % 3}", f"c{i}") for i in range(9)))
+        for answer in answers:
+            assert answer == (await http.get(f"/api/messages/{answer['id']}")).json()
+        assert full["seq"] == 2 and full["expires_at"] is not None and full["read_at"] is None
+        assert sorted(a["seq"] for a in answers[2:] if a["to_agent"] == "r1") == [1, 2, 3]
+
+
 async def test_expired_messages_are_skipped_with_their_seq(
     database_url: str, start_service: ServiceFactory
 ) -> None:

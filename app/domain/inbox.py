@@ -13,6 +13,7 @@ simply moves past them.
 from __future__ import annotations
 
 from collections import Counter
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, or_, select, update
@@ -58,18 +59,34 @@ async def take_seqs(db: AsyncSession, messages: list[dict[str, Any]]) -> None:
     up by its number of messages, which then take the seqs below it in list order. Recipients
     are locked in id order, so two batches on PostgreSQL cannot deadlock."""
     counts = Counter(message["to_agent"] for message in messages)
-    insert, table = _counters(db)
-    values = insert(table).values(
-        [{"agent_id": agent, "last_seq": n, "acked_seq": 0} for agent, n in sorted(counts.items())]
-    )
-    upsert = values.on_conflict_do_update(
-        index_elements=["agent_id"],
-        set_={"last_seq": table.c.last_seq + values.excluded.last_seq, "updated_at": utcnow()},
-    ).returning(table.c.agent_id, table.c.last_seq)
-    taken = {agent: last - counts[agent] for agent, last in (await db.execute(upsert)).all()}
+    now = utcnow()
+    rows = [
+        {"agent_id": agent, "last_seq": n, "acked_seq": 0, "updated_at": now}
+        for agent, n in sorted(counts.items())
+    ]
+    # An executemany of one cached statement: SQLAlchemy sends it as multi-row VALUES batches
+    # ("insertmanyvalues"), in this order, and compiles it once, where a statement built per
+    # batch cost ≈ 5 % of a message's CPU (py-spy).
+    result = await db.execute(_take_seqs(db.get_bind().dialect.name), rows)
+    taken = {agent: last - counts[agent] for agent, last in result.all()}
     for message in messages:
         taken[message["to_agent"]] += 1
         message["seq"] = taken[message["to_agent"]]
+
+
+@cache
+def _take_seqs(dialect: str) -> Any:
+    """The batch upsert of the inbox counters: each row's `last_seq` is added to the counter."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = Inbox.metadata.tables["agent_inboxes"]
+    upsert = insert(table)
+    return upsert.on_conflict_do_update(
+        index_elements=["agent_id"],
+        set_={
+            "last_seq": table.c.last_seq + upsert.excluded.last_seq,
+            "updated_at": upsert.excluded.updated_at,
+        },
+    ).returning(table.c.agent_id, table.c.last_seq)
 
 
 def _check_reader(actor: Principal, agent_id: str) -> None:

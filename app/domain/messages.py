@@ -19,12 +19,14 @@ from app.db.types import utcnow
 from app.domain import access, inbox, pagination
 from app.domain.context import Context, Writes
 from app.domain.errors import Conflict, Invalid, NotFound
-from app.domain.rows import insert, insert_grouped, new_id
+from app.domain.rows import Snapshot, insert, insert_values, new_id, snapshot
 from app.realtime.permissions import Principal
 from app.schemas import MAX_TTL_SECONDS, MessageCreate, MessageOut, Page, check_json, clean_text
 
+_TABLE = Message.__table__
 
-def message_out(row: Message) -> MessageOut:
+
+def message_out(row: Message | Snapshot) -> MessageOut:
     return MessageOut.model_validate(row, from_attributes=True)
 
 
@@ -41,29 +43,31 @@ async def _store(
     ident: str | None = None,
     thread_id: str | None = None,
     reply_to: str | None = None,
-) -> Message:
+) -> Message | Snapshot:
     """Insert a message with the recipient's next inbox seq, in one transaction.
 
     With no transaction open on `db`, the message goes with the next group commit, whose
     batch takes the seqs of all its messages at once (`inbox.take_seqs`)."""
     now = utcnow()
-    row = Message(
-        id=ident or new_id("msg"),
-        from_agent=from_agent,
-        to_agent=to_agent,
-        session_id=session_id,
-        content=content,
-        data=data,
-        created_at=now,
-        expires_at=now + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
-        thread_id=thread_id,
-        reply_to=reply_to,
-    )
+    values = {
+        "id": ident or new_id("msg"),
+        "from_agent": from_agent,
+        "to_agent": to_agent,
+        "session_id": session_id,
+        "content": content,
+        "data": data,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+        "thread_id": thread_id,
+        "reply_to": reply_to,
+    }
     if not db.in_transaction():
-        await insert_grouped(writes, row, "Message", chosen=ident is not None)
-    else:
-        row.seq = await inbox.next_seq(db, to_agent)
-        await insert(db, row, "Message")
+        # Column values, not a transient ORM row (as a task's create): the batch sets `seq`.
+        await insert_values(writes, _TABLE, values, "Message", chosen=ident is not None)
+        return snapshot(_TABLE, values)
+    row = Message(**values)
+    row.seq = await inbox.next_seq(db, to_agent)
+    await insert(db, row, "Message")
     return row
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from functools import cache
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapper
 
 from app.db.group_commit import Taken
 from app.domain.context import Writes
@@ -52,21 +49,6 @@ async def insert(db: AsyncSession, row: Any, kind: str) -> None:
         raise AlreadyExists(kind, row.id) from None
 
 
-async def insert_grouped(writes: Writes, row: Any, kind: str, chosen: bool) -> None:
-    """`row` committed with concurrent requests' rows; AlreadyExists when its id (`chosen`
-    by the client; a generated one is not looked up) is taken.
-
-    The attributes set on `row` are its values (the others take their column defaults); what
-    the batch fills in (a message's seq) is set on `row` after the commit."""
-    given = inspect(row).dict
-    columns = _columns(row.__class__)
-    values = {key: given[attr] for key, attr in columns if attr in given}
-    await insert_values(writes, row.__table__, values, kind, chosen)
-    for key, attr in columns:
-        if attr not in given and key in values:
-            setattr(row, attr, values[key])
-
-
 async def insert_values(
     writes: Writes, table: Any, values: dict[str, Any], kind: str, chosen: bool
 ) -> None:
@@ -76,10 +58,3 @@ async def insert_values(
         await writes.insert(table, values, chosen)
     except (Taken, IntegrityError):
         raise AlreadyExists(kind, values["id"]) from None
-
-
-@cache
-def _columns(model: Any) -> tuple[tuple[str, str], ...]:
-    """(column key, attribute name) of a mapped class's columns, read once per class."""
-    mapper: Mapper[Any] = inspect(model)
-    return tuple((prop.columns[0].key, prop.key) for prop in mapper.column_attrs)
