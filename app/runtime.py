@@ -68,13 +68,10 @@ class DatabaseHooks:
         self, connection: Connection, to_agent: str, data: Any
     ) -> str | None:
         sender = connection.agent_id or connection.client_id
-        async with self._sessionmaker() as db:
-            try:
-                return await messages.send_direct(
-                    db, self._writes, connection, sender, to_agent, data
-                )
-            except DomainError as exc:
-                raise ProtocolError(ErrorCode.INVALID_MESSAGE, exc.message) from None
+        try:
+            return await messages.send_direct(self._writes, connection, sender, to_agent, data)
+        except DomainError as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, exc.message) from None
 
     async def presence_changed(self, event: str, agent_id: str, data: dict[str, Any]) -> None:
         await self._agents.on_presence(event, agent_id, data)
@@ -123,9 +120,10 @@ class Runtime:
         )
         self._started: list[Any] = []
 
-    def context(self, db: AsyncSession, actor: Principal) -> Context:
-        """What a domain call needs, for one request of `actor`."""
-        return Context(db, actor, self.manager, self.agents, self.writes)
+    def context(self, actor: Principal) -> Context:
+        """What a domain call needs, for one request of `actor`: enter it, and its session
+        (opened on first use) is closed on exit."""
+        return Context(actor, self.manager, self.agents, self.writes, self.sessionmaker)
 
     async def start(self) -> None:
         if self.settings.migrates_on_start:

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Path, Query, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import IdentityDep
 from app.core.config import Settings
@@ -17,12 +16,6 @@ from app.realtime.manager import ConnectionManager
 
 if TYPE_CHECKING:
     from app.metrics import MetricsTask
-
-
-async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
-    """A database session for one request; closed (rolled back if uncommitted) after it."""
-    async with request.app.state.sessionmaker() as session:
-        yield session
 
 
 def get_manager(request: Request) -> ConnectionManager:
@@ -40,13 +33,12 @@ def get_metrics(request: Request) -> MetricsTask:
     return metrics
 
 
-DbDep = Annotated[AsyncSession, Depends(get_db)]
-
-
-async def get_context(request: Request, db: DbDep, identity: IdentityDep) -> Context:
-    """The domain call's context: this request's session and caller."""
-    context: Context = request.app.state.runtime.context(db, identity)
-    return context
+async def get_context(request: Request, identity: IdentityDep) -> AsyncIterator[Context]:
+    """The domain call's context for this request's caller; its session, if the call opened
+    one, is closed (rolled back if uncommitted) after the request."""
+    context: Context = request.app.state.runtime.context(identity)
+    async with context:
+        yield context
 
 
 ContextDep = Annotated[Context, Depends(get_context)]

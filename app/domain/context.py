@@ -7,11 +7,13 @@ the domain knows no framework and no concrete realtime class:
 - `Presence`: agents' last_seen as the batched recorder holds it (db/agents.AgentRecorder);
 - `Writes`: inserts written with concurrent requests' in one transaction (db/group_commit.py).
 
-A front door builds one `Context` per request, tool call or WebSocket message.
+A front door opens one `Context` per request, tool call or WebSocket message
+(`async with runtime.context(actor) as ctx`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,8 +80,32 @@ class Writes(Protocol):
 
 @dataclass(slots=True)
 class Context:
-    db: AsyncSession
+    """One domain call's parts. Its database session is opened on first use of `db` and closed
+    (rolled back if uncommitted) when the context exits: a write that goes only to the group
+    commit (a task's create, a message) never opens one, where building and closing an
+    AsyncSession per request was ≈ 4 % of such a request's CPU (py-spy)."""
+
     actor: Principal
     realtime: Realtime
     presence: Presence
     writes: Writes
+    sessions: Callable[[], AsyncSession]
+    _db: AsyncSession | None = None
+
+    @property
+    def db(self) -> AsyncSession:
+        """This call's session (opened now if it is not yet)."""
+        if self._db is None:
+            self._db = self.sessions()
+        return self._db
+
+    def in_transaction(self) -> bool:
+        """Whether this call's session holds a transaction (False when none was opened)."""
+        return self._db is not None and self._db.in_transaction()
+
+    async def __aenter__(self) -> Context:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._db is not None:
+            await self._db.close()

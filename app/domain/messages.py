@@ -31,7 +31,7 @@ def message_out(row: Message | Snapshot) -> MessageOut:
 
 
 async def _store(
-    db: AsyncSession,
+    db: AsyncSession | None,
     writes: Writes,
     *,
     from_agent: str,
@@ -46,8 +46,9 @@ async def _store(
 ) -> Message | Snapshot:
     """Insert a message with the recipient's next inbox seq, in one transaction.
 
-    With no transaction open on `db`, the message goes with the next group commit, whose
-    batch takes the seqs of all its messages at once (`inbox.take_seqs`)."""
+    With no session (`db` None: the caller holds no transaction), the message goes with the
+    next group commit, whose batch takes the seqs of all its messages at once
+    (`inbox.take_seqs`)."""
     now = utcnow()
     values = {
         "id": ident or new_id("msg"),
@@ -61,7 +62,7 @@ async def _store(
         "thread_id": thread_id,
         "reply_to": reply_to,
     }
-    if not db.in_transaction():
+    if db is None:
         # Column values, not a transient ORM row (as a task's create): the batch sets `seq`.
         await insert_values(writes, _TABLE, values, "Message", chosen=ident is not None)
         return snapshot(_TABLE, values)
@@ -75,7 +76,7 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
     """Store a message for `to_agent` from the actor (an admin names the sender)."""
     sender = access.acting_agent(ctx.actor, body.from_agent, "from_agent")
     row = await _store(
-        ctx.db,
+        ctx.db if ctx.in_transaction() else None,
         ctx.writes,
         from_agent=sender,
         to_agent=body.to_agent,
@@ -91,7 +92,7 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
 
 
 async def send_direct(
-    db: AsyncSession, writes: Writes, actor: Principal, sender: str, to_agent: str, data: Any
+    writes: Writes, actor: Principal, sender: str, to_agent: str, data: Any
 ) -> str:
     """A WebSocket `message.new` on `agents/{to_agent}`, stored; returns the message id.
 
@@ -111,7 +112,7 @@ async def send_direct(
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_SECONDS:
         ttl = None
     row = await _store(
-        db,
+        None,
         writes,
         from_agent=sender,
         to_agent=to_agent,

@@ -101,7 +101,7 @@ async def create_task(ctx: Context, body: TaskCreate) -> TaskOut:
         "updated_at": now,
     }
     wanted = sorted(set(body.depends_on))
-    if wanted or ctx.db.in_transaction():
+    if wanted or ctx.in_transaction():
         # It read its dependencies, so its session holds a transaction: its rows go into
         # that one. The group commit's is another, and waiting for it while holding SQLite's
         # one connection would wait for ever.

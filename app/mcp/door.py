@@ -2,7 +2,7 @@
 
     tool function (tools.py) ── Door.call(tool_ctx, action)
         identity.caller          token (token mode) or ?agent_id= (open mode)
-        Runtime.context(db, identity)   the same Context a REST request gets
+        Runtime.context(identity)   the same Context a REST request gets
         action(ctx, agent_id)    parse arguments into app/schemas.py models, call app/domain
         pending(ctx, agent_id)   {unread, leases_expiring}, added to every result
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -135,12 +135,10 @@ class Door:
         query = dict(request.query_params) if isinstance(request, Request) else None
         return caller(self.token_mode, query)
 
-    @contextlib.asynccontextmanager
-    async def acting(self, identity: Identity) -> AsyncIterator[Context]:
-        """A domain Context for `identity` on a session of its own."""
-        runtime = self.runtime()
-        async with runtime.sessionmaker() as db:
-            yield runtime.context(db, identity)
+    def acting(self, identity: Identity) -> Context:
+        """A domain Context for `identity`: enter it; its session, if the call opened one,
+        is closed on exit."""
+        return self.runtime().context(identity)
 
     async def call(self, tool_ctx: ToolContext[Any, Any], action: Action) -> CallToolResult:
         """Run `action` as the caller and shape its outcome (see the module docstring)."""
