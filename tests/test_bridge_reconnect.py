@@ -1,5 +1,6 @@
-"""The bridge survives losing PostgreSQL connections: what was written meanwhile arrives after
-it reconnects — every event, none twice, in outbox order."""
+"""Losing PostgreSQL connections: the bridge gets what was written meanwhile after it
+reconnects (every event, none twice, in outbox order), and the request pool replaces the
+connections the server closed before a request can meet one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import ClientFactory, ServiceFactory
-from tests.databases import data_settings, postgres_database
+from tests.databases import api, data_settings, postgres_database
 from tests.test_bridge import collect
 
 pytestmark = pytest.mark.postgres
@@ -86,3 +87,40 @@ async def test_events_written_while_the_listen_connection_is_down_arrive_once(
         assert offsets == sorted(set(offsets))
         await watcher.no_frame(0.5)
         assert bridge.reconnects >= 4
+
+
+async def test_pooled_connections_the_server_closed_are_replaced_before_use(
+    start_service: ServiceFactory, postgres_url: str
+) -> None:
+    """A restart or pg_terminate_backend closes every pooled connection; the next requests
+    check out new ones (engine._refuse_closed), none answers 5xx, and every write is kept."""
+    async with postgres_database(postgres_url) as url:
+        service = await start_service(**data_settings(url))
+        admin = await asyncpg.connect(_plain(url))
+        try:
+            async with api(service) as http:
+
+                async def burst(prefix: str) -> list[int]:
+                    async def one(i: int) -> int:
+                        created = await http.post(
+                            "/api/tasks", json={"id": f"{prefix}{i}", "title": "t"}
+                        )
+                        read = await http.get(f"/api/tasks/{prefix}{i}")
+                        patched = await http.patch(f"/api/tasks/{prefix}{i}", json={"priority": 2})
+                        return max(created.status_code, read.status_code, patched.status_code)
+
+                    return list(await asyncio.gather(*(one(i) for i in range(12))))
+
+                assert set(await burst("a")) == {201}  # the pool holds several connections now
+                for round_ in range(3):
+                    killed = await admin.fetchval(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                    assert killed >= 2
+                    await asyncio.sleep(0.05)  # the closes reach the service's event loop
+                    assert set(await burst(f"r{round_}-")) == {201}, round_
+                listed = await http.get("/api/tasks", params={"limit": 500})
+                assert len(listed.json()["items"]) == 48
+        finally:
+            await admin.close()
