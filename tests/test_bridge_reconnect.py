@@ -124,3 +124,40 @@ async def test_pooled_connections_the_server_closed_are_replaced_before_use(
                 assert len(listed.json()["items"]) == 48
         finally:
             await admin.close()
+
+
+async def test_a_connection_lost_mid_request_is_a_503_that_says_so(
+    start_service: ServiceFactory, postgres_url: str
+) -> None:
+    """The server ends the backend a PATCH is waiting on (behind a row lock): the answer is a
+    503 DATABASE_CONNECTION_LOST, not a 500, and the next request is served."""
+    async with postgres_database(postgres_url) as url:
+        service = await start_service(**data_settings(url))
+        admin = await asyncpg.connect(_plain(url))
+        locker = await asyncpg.connect(_plain(url))
+        try:
+            async with api(service) as http:
+                assert (await http.post("/api/tasks", json={"id": "t", "title": "t"})).is_success
+                lock = locker.transaction()
+                await lock.start()
+                await locker.execute("SELECT 1 FROM tasks WHERE id = 't' FOR UPDATE")
+                patching = asyncio.create_task(http.patch("/api/tasks/t", json={"priority": 3}))
+                waiting: int | None = None
+                async with asyncio.timeout(10):
+                    while waiting is None:
+                        await asyncio.sleep(0.02)
+                        waiting = await admin.fetchval(
+                            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND wait_event_type = 'Lock'"
+                        )
+                await admin.execute("SELECT pg_terminate_backend($1)", waiting)
+                answer = await patching
+                await lock.rollback()
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["code"] == "DATABASE_CONNECTION_LOST"
+                assert answer.headers["retry-after"] == "1"
+                again = await http.patch("/api/tasks/t", json={"priority": 3})
+                assert again.status_code == 200 and again.json()["priority"] == 3
+        finally:
+            await locker.close()
+            await admin.close()

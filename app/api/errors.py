@@ -13,6 +13,9 @@
     422 VALIDATION_ERROR          the request does not fit the schema (FastAPI's validation)
     422 MISSING_FIELD             a writer's id left out where no token names it
     503 DATABASE_BUSY             the database timed out or is unreachable (Retry-After: 1)
+    503 DATABASE_CONNECTION_LOST  the database closed this request's connection mid-request (a
+                                  restart, an ended backend): retry, with the same
+                                  Idempotency-Key for a write, whose outcome is unknown
 
 The domain layer raises `DomainError`s (app/domain/errors.py); `install_error_handlers` maps
 each class to its status here, so a rule's error reads the same over every front door.
@@ -40,7 +43,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.schemas import ErrorBody, PlainError
@@ -158,12 +161,31 @@ async def _handle_domain(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    """The database refused or timed out (SQLite busy past its timeout, PostgreSQL down): a
-    503 the client may retry, not an unexplained 500. Nothing was committed."""
-    assert isinstance(exc, OperationalError)
+    """The database refused or timed out (SQLite busy past its timeout, PostgreSQL down), or
+    lost this request's connection: a 503 the client may retry, not an unexplained 500.
+
+    A refusal or timeout committed nothing. A lost connection (the driver's error with
+    `connection_invalidated`: the server restarted or ended the backend while the request
+    used it) may have lost it during the COMMIT, so the body says the outcome is unknown;
+    the pool has already discarded the connection. Any other DBAPIError is a bug: re-raised,
+    a 500."""
+    assert isinstance(exc, DBAPIError)
     logger.warning("database unavailable: %s", str(exc.orig)[:200])
-    body = {"detail": "The database is busy or unreachable; retry shortly", "code": "DATABASE_BUSY"}
-    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+    headers = {"Retry-After": "1"}
+    if isinstance(exc, OperationalError) and not exc.connection_invalidated:
+        body = {
+            "detail": "The database is busy or unreachable; retry shortly",
+            "code": "DATABASE_BUSY",
+        }
+    elif exc.connection_invalidated:
+        body = {
+            "detail": "The database connection was lost mid-request; a write may or may not"
+            " have been committed: retry it with the same Idempotency-Key",
+            "code": "DATABASE_CONNECTION_LOST",
+        }
+    else:
+        raise exc
+    return JSONResponse(body, status_code=503, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -172,7 +194,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _handle)
     app.add_exception_handler(DomainError, _handle_domain)
     app.add_exception_handler(RequestValidationError, _validation_failed)
-    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(DBAPIError, _database_unavailable)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
