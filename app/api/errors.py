@@ -14,8 +14,8 @@
     422 MISSING_FIELD             a writer's id left out where no token names it
     503 DATABASE_BUSY             the database timed out or is unreachable (Retry-After: 1)
     503 DATABASE_CONNECTION_LOST  the database closed this request's connection mid-request (a
-                                  restart, an ended backend): retry, with the same
-                                  Idempotency-Key for a write, whose outcome is unknown
+                                  restart, an ended backend): a write's outcome is unknown, so
+                                  read before retrying one (Retry-After: 1)
 
 The domain layer raises `DomainError`s (app/domain/errors.py); `install_error_handlers` maps
 each class to its status here, so a rule's error reads the same over every front door.
@@ -180,7 +180,7 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
     elif exc.connection_invalidated:
         body = {
             "detail": "The database connection was lost mid-request; a write may or may not"
-            " have been committed: retry it with the same Idempotency-Key",
+            " have been committed: read before retrying it",
             "code": "DATABASE_CONNECTION_LOST",
         }
     else:
