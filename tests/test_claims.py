@@ -329,6 +329,28 @@ async def test_a_create_answers_what_a_read_then_finds(service: Service) -> None
             assert answer == (await http.get(f"/api/tasks/{answer['id']}")).json(), body
 
 
+async def test_a_claim_answers_with_none_one_or_two_dependencies(service: Service) -> None:
+    """A claim's answer equals a GET whatever its dependencies: none, one, or two (sorted)."""
+    async with api(service) as http:
+        for ident in ("a", "b"):
+            await task(http, id=ident, priority=9)
+            claimed = await claim(http)
+            assert claimed is not None and claimed["task"]["id"] == ident
+            assert claimed["task"] == (await http.get(f"/api/tasks/{ident}")).json()
+            assert claimed["task"]["depends_on"] == []
+            done = await http.post(
+                f"/api/tasks/{ident}/complete", json={"lease_id": claimed["lease"]["id"]}
+            )
+            assert done.status_code == 200
+        await task(http, id="one", depends_on=["a"], priority=5)
+        await task(http, id="two", depends_on=["b", "a"], priority=1)
+        for ident, wanted in (("one", ["a"]), ("two", ["a", "b"])):
+            claimed = await claim(http)
+            assert claimed is not None and claimed["task"]["id"] == ident
+            assert claimed["task"]["depends_on"] == wanted
+            assert claimed["task"] == (await http.get(f"/api/tasks/{ident}")).json()
+
+
 async def test_a_patch_answers_what_a_read_then_finds(service: Service) -> None:
     """The PATCH answer is built from the row it wrote, not read back: it must equal a GET."""
     async with api(service) as http:
