@@ -67,10 +67,13 @@ def _refuse_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     backend (pg_terminate_backend, an idle timeout), closes the socket; asyncpg's protocol
     sees that within a loop iteration, idle or not, and `is_closed()` says so. Raising
     DisconnectionError makes the pool discard the connection and check out another
-    (SQLAlchemy's documented pessimistic-disconnect hook). The pre-ping, by contrast, was
-    three round trips per checkout with asyncpg (BEGIN, `;`, ROLLBACK): ≈ 6.5 % of a
-    PATCH's CPU on PostgreSQL (py-spy). A connection silently cut by the network would hang
-    the ping as it hangs a query, so the ping bought nothing there."""
+    (SQLAlchemy's documented pessimistic-disconnect hook). The pre-ping was three round trips
+    per checkout with asyncpg (BEGIN, `;`, ROLLBACK): ≈ 6.5 % of a PATCH's CPU on PostgreSQL
+    (py-spy).
+
+    What only the ping would have caught: a connection a middlebox (a NAT, a firewall) dropped
+    without telling either end. Its first statement fails instead, the pool discards it, and
+    the request is answered 503 DATABASE_CONNECTION_LOST (api/errors.py), not a 500."""
     driver = record.driver_connection
     if driver is None or driver.is_closed():
         raise DisconnectionError("the server closed this pooled connection")

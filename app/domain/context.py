@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -90,7 +90,7 @@ class Context:
     presence: Presence
     writes: Writes
     sessions: Callable[[], AsyncSession]
-    _db: AsyncSession | None = None
+    _db: AsyncSession | None = field(default=None, init=False)
 
     @property
     def db(self) -> AsyncSession:
