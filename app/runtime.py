@@ -28,7 +28,7 @@ from app.core.config import Settings
 from app.db.agents import AgentRecorder
 from app.db.engine import create_engine, create_sessionmaker, on_commit
 from app.db.group_commit import GroupCommit
-from app.db.migrate import migrate
+from app.db.migrate import migrate, require_migrated
 from app.db.models import Message
 from app.domain import inbox, messages
 from app.domain.context import Context
@@ -128,6 +128,8 @@ class Runtime:
     async def start(self) -> None:
         if self.settings.migrates_on_start:
             await migrate(self.engine)
+        else:
+            await require_migrated(self.engine)
         await self.manager.start()
         self._started.append(self.manager)
         for part in (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -112,3 +113,46 @@ async def test_embedded_default_migrates_on_start(start_service: ServiceFactory)
     assert not Settings(  # type: ignore[call-arg]
         _env_file=None, database_url="postgresql://u@h/db"
     ).migrates_on_start
+
+
+async def test_serve_on_an_unmigrated_postgres_says_to_migrate(postgres_url: str) -> None:
+    """PostgreSQL does not migrate on start: `serve` on a database never migrated, or one
+    revision behind, stops at once and names the command, not a "relation does not exist"."""
+    from tests.conftest import free_port
+    from tests.databases import postgres_database
+
+    async def serve(url: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "WS_PORT": str(free_port()),
+            "API_PORT": str(free_port()),
+            "DASHBOARD_PORT": str(free_port()),
+        }
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "app.cli", "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    async with postgres_database(postgres_url) as url:
+        never = await serve(url)
+        assert never.returncode == 1
+        assert "no revision (never migrated)" in never.stderr, never.stderr
+        assert "context-manager migrate" in never.stderr and "Traceback" not in never.stderr
+
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            head = await current_revision(engine)
+            await migrate(engine, "-1", downgrade=True)
+            behind = await current_revision(engine)
+        finally:
+            await engine.dispose()
+        assert behind is not None and behind != head
+        stale = await serve(url)
+        assert stale.returncode == 1
+        assert f"revision {behind}, this version needs {head}" in stale.stderr, stale.stderr

@@ -71,3 +71,31 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
     async with engine.connect() as connection:
         return await connection.run_sync(_current)
+
+
+class NotMigrated(RuntimeError):
+    """The database is behind this version's schema, and this process does not migrate it."""
+
+
+async def require_migrated(engine: AsyncEngine) -> None:
+    """Raise NotMigrated when the database has no revision or an older one of ours.
+
+    A process that does not migrate on start (PostgreSQL's default: a shared database is
+    migrated once, by `context-manager migrate`) would otherwise fail on its first query with
+    "relation … does not exist". A revision this version does not know is a newer one (a
+    rolling upgrade migrated it first): that is let through."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    head = scripts.get_current_head()
+    current = await current_revision(engine)
+    if current == head:
+        return
+    known = {script.revision for script in scripts.walk_revisions()}
+    if current is not None and current not in known:
+        return
+    found = "no revision (never migrated)" if current is None else f"revision {current}"
+    raise NotMigrated(
+        f"the database is at {found}, this version needs {head}: run `context-manager migrate`"
+        " first, or start with MIGRATE_ON_START=true"
+    )
