@@ -111,18 +111,21 @@ async def test_a_waiting_read_wakes_on_a_new_message(
 ) -> None:
     service = await start_service(**data_settings(database_url))
     async with api(service) as http:
-        waiting = asyncio.create_task(inbox(http, "coder", wait=10))
+        # The wait is long and the bound generous (a loaded CI machine has taken 3 s from
+        # send to wake, against 0.05 s here): what is asserted is that the message.new
+        # publication woke the read, well before its wait was over.
+        waiting = asyncio.create_task(inbox(http, "coder", wait=40))
         await asyncio.sleep(0.3)
         assert not waiting.done()
         started = time.monotonic()
         await send(http, "coder", "wake up")
-        page = await asyncio.wait_for(waiting, 5)
+        page = await asyncio.wait_for(waiting, 30)
         woke = time.monotonic() - started
         assert [m["content"] for m in page["messages"]] == ["wake up"]
-        assert woke < 1.0, woke  # the message.new publication, not the wait's end
+        assert woke < 15, woke
         started = time.monotonic()
         assert (await inbox(http, "coder", after=1, wait=0.5))["messages"] == []
-        assert 0.4 < time.monotonic() - started < 3
+        assert 0.4 < time.monotonic() - started < 10
 
 
 async def test_threads_and_raw_sql_messages_get_a_seq(
