@@ -16,7 +16,7 @@ from collections import Counter
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,21 +35,11 @@ MAX_LIMIT = 500
 MAX_WAIT = 50.0
 
 
-def _counters(db: AsyncSession) -> tuple[Any, Table]:
-    """The dialect's INSERT (it has ON CONFLICT) and the inbox counters' table."""
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    return insert, Inbox.metadata.tables["agent_inboxes"]
-
-
 async def next_seq(db: AsyncSession, agent_id: str) -> int:
     """The next seq of `agent_id`'s inbox, taken in the caller's transaction."""
-    insert, table = _counters(db)
-    values = insert(table).values(agent_id=agent_id, last_seq=1, acked_seq=0)
-    upsert = values.on_conflict_do_update(
-        index_elements=["agent_id"],
-        set_={"last_seq": table.c.last_seq + 1, "updated_at": utcnow()},
-    ).returning(table.c.last_seq)
-    return int((await db.execute(upsert)).scalar_one())
+    message: dict[str, Any] = {"to_agent": agent_id}
+    await take_seqs(db, [message])
+    return int(message["seq"])
 
 
 async def take_seqs(db: AsyncSession, messages: list[dict[str, Any]]) -> None:

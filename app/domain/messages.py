@@ -19,7 +19,7 @@ from app.db.types import utcnow
 from app.domain import access, inbox, pagination
 from app.domain.context import Context, Writes
 from app.domain.errors import Conflict, Invalid, NotFound
-from app.domain.rows import Snapshot, insert, insert_values, new_id, snapshot
+from app.domain.rows import Snapshot, insert, insert_values, new_id
 from app.realtime.permissions import Principal
 from app.schemas import MAX_TTL_SECONDS, MessageCreate, MessageOut, Page, check_json, clean_text
 
@@ -64,8 +64,7 @@ async def _store(
     }
     if db is None:
         # Column values, not a transient ORM row (as a task's create): the batch sets `seq`.
-        await insert_values(writes, _TABLE, values, "Message", chosen=ident is not None)
-        return snapshot(_TABLE, values)
+        return await insert_values(writes, _TABLE, values, "Message", chosen=ident is not None)
     row = Message(**values)
     row.seq = await inbox.next_seq(db, to_agent)
     await insert(db, row, "Message")

@@ -51,10 +51,12 @@ async def insert(db: AsyncSession, row: Any, kind: str) -> None:
 
 async def insert_values(
     writes: Writes, table: Any, values: dict[str, Any], kind: str, chosen: bool
-) -> None:
+) -> Snapshot:
     """`values` (by column key) committed with concurrent requests' rows, no ORM object built;
-    AlreadyExists when the id is taken. What the batch fills in is set in `values`."""
+    the row as written (what the batch fills in included), or AlreadyExists when the id is
+    taken."""
     try:
         await writes.insert(table, values, chosen)
     except (Taken, IntegrityError):
         raise AlreadyExists(kind, values["id"]) from None
+    return snapshot(table, values)

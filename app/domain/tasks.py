@@ -11,7 +11,7 @@ from app.db.types import utcnow
 from app.domain import access, dependencies, lifecycle, pagination
 from app.domain.context import Context
 from app.domain.errors import Conflict, NotFound
-from app.domain.rows import Dependency, Snapshot, insert, insert_values, new_id, snapshot
+from app.domain.rows import Dependency, Snapshot, insert, insert_values, new_id
 from app.schemas import LeaseOut, Page, TaskCreate, TaskOut, TaskUpdate
 
 LEASE_LOST = "LEASE_LOST"
@@ -109,8 +109,9 @@ async def create_task(ctx: Context, body: TaskCreate) -> TaskOut:
         row.dependencies = [TaskDependency(task_id=row.id, depends_on=d) for d in wanted]
         await insert(ctx.db, row, "Task")
         return task_out(row)
-    await insert_values(ctx.writes, Task.__table__, values, "Task", chosen=body.id is not None)
-    created = snapshot(Task.__table__, values)
+    created = await insert_values(
+        ctx.writes, Task.__table__, values, "Task", chosen=body.id is not None
+    )
     created.dependencies = []
     return task_out(created)
 
