@@ -162,24 +162,29 @@ async def test_unauthenticated_connection_times_out(start_service: ServiceFactor
         assert await closed_with(ws) == 3500
 
 
+# `exp` is whole seconds from int(now), so a token of ttl N lives between N-1 and N seconds: with
+# N=1 a loaded CI machine saw it expire before the hello (that run failed at the handshake).
+SHORT_TTL = 3
+
+
 async def test_token_expiry_closes_an_open_connection(
     start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(auth_mode="token", secret_key=SECRET, jwt_leeway=0)
-    client = await ws_client(service, token=token_for(service, "a1", ttl=1))
-    assert await closed_with(client.ws, timeout=6) == 3005
+    client = await ws_client(service, token=token_for(service, "a1", ttl=SHORT_TTL))
+    assert await closed_with(client.ws, timeout=SHORT_TTL + 5) == 3005
 
 
 async def test_refresh_keeps_the_connection(
     start_service: ServiceFactory, ws_client: ClientFactory
 ) -> None:
     service = await start_service(auth_mode="token", secret_key=SECRET, jwt_leeway=0)
-    client = await ws_client(service, token=token_for(service, "a1", ttl=1))
+    client = await ws_client(service, token=token_for(service, "a1", ttl=SHORT_TTL))
     ack = await client.request(
         {"type": "auth", "token": token_for(service, "a1", ttl=60), "id": "r"}
     )
     assert ack["success"]
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(SHORT_TTL + 1.5)  # past the first token's expiry and a sweep
     assert (await client.subscribe("topics/alive"))["success"]
 
 
