@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
     # In the order agents call them most: FastAPI tries each included router's routes in turn
     # (twice for the one that matches), ≈ 3 µs a route; the task and message writes came after
-    # twelve others (65-85 µs to route one, 6-10 % of its CPU).
+    # three other routers' ten routes (65-135 µs to route one; docs/performance.md, sixth pass).
     routers = (
         tasks,
         messages,
