@@ -410,8 +410,11 @@ async def test_concurrent_claimers_are_served_in_turn(service: Service) -> None:
 
     A claim that gave SQLite's one connection back between reading the agent and taking the
     task let newcomers in first, so a few claims waited ~25× the median (p99 886 ms at a
-    36 ms median in bench.rest_write). The bounds are generous: the slowest claim within 10×
-    the median on SQLite (2.2–2.6× measured), 20× on PostgreSQL (4.2–4.3×, a pool of ten)."""
+    36 ms median in bench.rest_write). The test counts, for each claim, how many other claims
+    finished while it waited. Served in turn, that is about one per other claimer (15); a claim
+    passed over again and again sees hundreds. Counting, not timing, keeps the test honest on a
+    loaded machine: a stall of the whole process slows every claim alike and overtakes none
+    (CI once saw the five slowest claims all at 1.3 s, 10.7× the median)."""
     async with api(service) as http:
 
         async def seed(first: int) -> None:
@@ -421,19 +424,22 @@ async def test_concurrent_claimers_are_served_in_turn(service: Service) -> None:
         async with asyncio.TaskGroup() as group:
             for n in range(16):
                 group.create_task(seed(n * 30))
-        latencies: list[float] = []
+        finished = 0
+        overtaken: list[int] = []
 
         async def claimer(agent: str) -> None:
+            nonlocal finished
             for _ in range(30):
-                started = time.perf_counter()
+                before = finished
                 got = await claim(http, agent)
-                latencies.append(time.perf_counter() - started)
+                overtaken.append(finished - before)
+                finished += 1
                 assert got is not None
 
         async with asyncio.TaskGroup() as group:
             for n in range(16):
                 group.create_task(claimer(f"w{n}"))
-    latencies.sort()
-    median = latencies[len(latencies) // 2]
-    bound = 10 if service.settings.database_url.startswith("sqlite") else 20
-    assert latencies[-1] < bound * median, (median, latencies[-5:])
+    overtaken.sort()
+    # Generous: five rounds of every other claimer (PostgreSQL's pool of ten serves out of
+    # order more than SQLite's one connection does).
+    assert overtaken[-1] < 5 * 16, overtaken[-10:]
