@@ -232,9 +232,14 @@ async def test_dashboard_in_token_mode(start_service: ServiceFactory, open_page:
 # --- /live ----------------------------------------------------------------------------------
 
 
-async def test_task_created_over_rest_appears_on_live_within_a_second(
+async def test_task_created_over_rest_appears_on_live_promptly(
     start_service: ServiceFactory, open_page: Any
 ) -> None:
+    """The event reaches the page as it happens, not on the next poll or refresh.
+
+    Locally it takes well under a second; the bound is 5 s because a loaded CI machine once
+    took 1.7 s (browser, server and test share two cores). Nothing on the page polls, so a
+    missed push would still fail: the row would never come."""
     service = await start_service(surfaces=SURFACES)
     page = await open_page(dashboard_url(service, "/live"))
     await wait_connected(page)
@@ -242,9 +247,9 @@ async def test_task_created_over_rest_appears_on_live_within_a_second(
     async with api(service) as http:
         started = time.monotonic()
         task = (await http.post("/api/tasks", json={"title": "Appears live"})).json()
-        await page.wait_for_selector('#events tbody tr[data-event="task.created"]', timeout=1_000)
+        await page.wait_for_selector('#events tbody tr[data-event="task.created"]', timeout=10_000)
         elapsed = time.monotonic() - started
-    assert elapsed < 1.0, elapsed
+    assert elapsed < 5.0, elapsed
     summary = await page.inner_text('#events tbody tr[data-event="task.created"] .summary')
     assert "Appears live" in summary and task["id"] in summary
 
