@@ -54,6 +54,26 @@ logger = logging.getLogger("context_manager")
 
 DOCS_ASSETS = "/docs/assets"  # Swagger UI and ReDoc files, shipped by fastapi-offline
 
+# The /api routers in the order agents call them most. FastAPI tries each included router's
+# routes in turn (twice for the one that matches), ≈ 3 µs a route; the task and message writes
+# came after three other routers' ten routes (65-135 µs to route one; docs/performance.md,
+# sixth pass). The order changes no answer: no path and method is served by two of them
+# (tests/test_routing.py).
+API_ROUTERS = (
+    tasks,
+    messages,
+    inbox,
+    agents,
+    subtasks,
+    sessions,
+    reservations,
+    actions,
+    events,
+    metrics,
+    channels,
+    webhooks,
+)
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,24 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(index.router)  # GET /api: open, like /docs and /openapi.json
     # Every /api route knows its caller (open mode: the server; token mode: 401 without one).
-    # In the order agents call them most: FastAPI tries each included router's routes in turn
-    # (twice for the one that matches), ≈ 3 µs a route; the task and message writes came after
-    # three other routers' ten routes (65-135 µs to route one; docs/performance.md, sixth pass).
-    routers = (
-        tasks,
-        messages,
-        inbox,
-        agents,
-        subtasks,
-        sessions,
-        reservations,
-        actions,
-        events,
-        metrics,
-        channels,
-        webhooks,
-    )
-    for module in routers:
+    for module in API_ROUTERS:
         app.include_router(module.router, dependencies=[Depends(require_identity)])
     # MCP (Streamable HTTP) at /mcp: the SDK authenticates it itself (app/mcp/server.py).
     app.state.mcp = McpSurface(settings, lambda: app.state.runtime)
