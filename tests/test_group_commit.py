@@ -72,6 +72,22 @@ async def test_concurrent_inserts_share_transactions(engine: AsyncEngine) -> Non
     assert writes.batches == 2 and len(commits) == 2
 
 
+async def test_every_commit_hook_hears_every_commit_that_wrote(engine: AsyncEngine) -> None:
+    """The bridge and the webhooks both register a hook; each hears each commit that wrote
+    (the first hook's listener had cleared the mark the second read), none a read-only one."""
+    sessions = create_sessionmaker(engine)
+    heard: list[str] = []
+    on_commit(sessions, lambda: heard.append("bridge"))
+    on_commit(sessions, lambda: heard.append("webhooks"))
+    writes = GroupCommit(sessions)
+    await writes.insert(notes, {"id": "a", "body": "a"})
+    assert heard == ["bridge", "webhooks"]
+    async with sessions() as db:
+        await db.execute(select(notes.c.id))
+        await db.commit()
+    assert heard == ["bridge", "webhooks"]
+
+
 async def test_a_taken_id_is_refused_alone_and_fails_no_batch(engine: AsyncEngine) -> None:
     writes = GroupCommit(create_sessionmaker(engine))
     await writes.insert(notes, {"id": "taken", "body": "first"})

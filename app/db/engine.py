@@ -94,7 +94,8 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=FactorySession)
 
 
-_WROTE = "context_manager.wrote"
+_WROTE = "context_manager.wrote"  # session.info: writes made in this transaction
+_HOOKS = "_context_manager_commit_hooks"  # on the factory's session class: its hooks
 
 
 def on_commit(sessionmaker: async_sessionmaker[AsyncSession], hook: Callable[[], None]) -> None:
@@ -102,20 +103,35 @@ def on_commit(sessionmaker: async_sessionmaker[AsyncSession], hook: Callable[[],
 
     How the bridge hears of a change made through the ORM at once (on SQLite the only way;
     on PostgreSQL the trigger's NOTIFY does too), whichever front door made it. It runs after
-    the database has committed, so the rows are visible to whoever the hook wakes.
+    the database has committed, so the rows are visible to whoever the hook wakes. Every hook
+    registered hears every such commit.
     """
+    count_writes(sessionmaker).append(hook)
+
+
+def count_writes(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Callable[[], None]]:
+    """Count the writes of this factory's sessions (`writes_made`); its commit hooks.
+
+    The listeners are installed once per factory and call every hook: one set per hook had
+    the first hook's listener clear the count the others read."""
     session_class: type[Session] = sessionmaker.kw["sync_session_class"]
+    installed: list[Callable[[], None]] | None = session_class.__dict__.get(_HOOKS)
+    if installed is not None:
+        return installed
+    hooks: list[Callable[[], None]] = []
+    setattr(session_class, _HOOKS, hooks)
 
     def wrote(session: Session, *_: Any) -> None:
-        session.info[_WROTE] = True
+        session.info[_WROTE] = session.info.get(_WROTE, 0) + 1
 
     def orm_execute(state: ORMExecuteState) -> None:
         if state.is_insert or state.is_update or state.is_delete:
-            state.session.info[_WROTE] = True
+            state.session.info[_WROTE] = state.session.info.get(_WROTE, 0) + 1
 
     def after_commit(session: Session) -> None:
-        if session.info.pop(_WROTE, False):
-            hook()
+        if session.info.pop(_WROTE, 0):
+            for hook in hooks:
+                hook()
 
     def after_rollback(session: Session, *_: Any) -> None:
         session.info.pop(_WROTE, None)
@@ -124,6 +140,15 @@ def on_commit(sessionmaker: async_sessionmaker[AsyncSession], hook: Callable[[],
     event.listen(session_class, "do_orm_execute", orm_execute)
     event.listen(session_class, "after_commit", after_commit)
     event.listen(session_class, "after_soft_rollback", after_rollback)
+    return hooks
+
+
+def writes_made(session: AsyncSession) -> int:
+    """How many writes (flushes, INSERT/UPDATE/DELETE statements) this session's transaction
+    has made so far, for a factory passed to `count_writes`: how the shared transaction tells
+    a call that refused before it wrote from one that wrote something (db/shared_transaction)."""
+    count: int = session.sync_session.info.get(_WROTE, 0)
+    return count
 
 
 async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:
