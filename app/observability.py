@@ -140,6 +140,22 @@ class NodeCollector(Collector):
             "Requests' writes those transactions held: writes ÷ transactions is the batch size.",
             runtime.writes.writes,
         )
+        yield _counter(
+            "cm_shared_transactions",
+            "Transactions of read-check-write calls (PATCH) committed together "
+            "(app/db/shared_transaction.py).",
+            runtime.shared.batches,
+        )
+        yield _counter(
+            "cm_shared_transaction_calls",
+            "Calls those transactions held: calls ÷ transactions is the batch size.",
+            runtime.shared.calls,
+        )
+        yield _counter(
+            "cm_shared_transaction_splits",
+            "Batches that failed and were run again call by call.",
+            runtime.shared.split,
+        )
         yield from self._collector()
 
     def _broker(self, manager: ConnectionManager) -> Iterator[Metric]:

@@ -30,6 +30,7 @@ from app.db.engine import create_engine, create_sessionmaker, on_commit
 from app.db.group_commit import GroupCommit
 from app.db.migrate import migrate, require_migrated
 from app.db.models import Message
+from app.db.shared_transaction import SharedTransaction
 from app.domain import inbox, messages
 from app.domain.context import Context
 from app.domain.errors import DomainError
@@ -90,6 +91,7 @@ class Runtime:
         self.agents = AgentRecorder(self.sessionmaker, settings.agent_flush_interval)
         self.writes = GroupCommit(self.sessionmaker)
         self.writes.prepare(Message.metadata.tables["messages"], inbox.take_seqs)
+        self.shared = SharedTransaction(self.sessionmaker, refusals=(DomainError,))
         hooks = DatabaseHooks(self.sessionmaker, self.agents, self.writes)
         self.manager = ConnectionManager(
             settings,
@@ -123,7 +125,9 @@ class Runtime:
     def context(self, actor: Principal) -> Context:
         """What a domain call needs, for one request of `actor`: enter it, and its session
         (opened on first use) is closed on exit."""
-        return Context(actor, self.manager, self.agents, self.writes, self.sessionmaker)
+        return Context(
+            actor, self.manager, self.agents, self.writes, self.shared, self.sessionmaker
+        )
 
     async def start(self) -> None:
         if self.settings.migrates_on_start:
@@ -154,4 +158,5 @@ class Runtime:
             except Exception:  # noqa: BLE001 - keep stopping the others
                 logger.exception("could not stop %s", type(part).__name__)
         await self.writes.close()
+        await self.shared.close()
         await self.engine.dispose()

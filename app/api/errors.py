@@ -12,7 +12,8 @@
     422 INVALID_CHANNEL / INVALID_EVENT   POST /api/events (the WebSocket protocol's codes)
     422 VALIDATION_ERROR          the request does not fit the schema (FastAPI's validation)
     422 MISSING_FIELD             a writer's id left out where no token names it
-    503 DATABASE_BUSY             the database timed out or is unreachable (Retry-After: 1)
+    503 DATABASE_BUSY             the database timed out, is unreachable, or ended the transaction
+                                  (a deadlock; nothing committed) (Retry-After: 1)
     503 DATABASE_CONNECTION_LOST  the database closed this request's connection mid-request (a
                                   restart, an ended backend): a write's outcome is unknown, so
                                   read before retrying one (Retry-After: 1)
@@ -45,6 +46,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from app.db.shared_transaction import transient
 from app.domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.schemas import ErrorBody, PlainError
 
@@ -167,14 +169,21 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
     A refusal or timeout committed nothing. A lost connection (the driver's error with
     `connection_invalidated`: the server restarted or ended the backend while the request
     used it) may have lost it during the COMMIT, so the body says the outcome is unknown;
-    the pool has already discarded the connection. Any other DBAPIError is a bug: re-raised,
-    a 500."""
+    the pool has already discarded the connection. A deadlock or serialization failure
+    (PostgreSQL ended the transaction) committed nothing either. Any other DBAPIError is a
+    bug: re-raised, a 500."""
     assert isinstance(exc, DBAPIError)
     logger.warning("database unavailable: %s", str(exc.orig)[:200])
     headers = {"Retry-After": "1"}
     if isinstance(exc, OperationalError) and not exc.connection_invalidated:
         body = {
             "detail": "The database is busy or unreachable; retry shortly",
+            "code": "DATABASE_BUSY",
+        }
+    elif transient(exc):
+        body = {
+            "detail": "The database ended this request's transaction (a deadlock or a"
+            " serialization failure) and committed nothing; retry it",
             "code": "DATABASE_BUSY",
         }
     elif exc.connection_invalidated:

@@ -5,7 +5,9 @@ the domain knows no framework and no concrete realtime class:
 
 - `Realtime`: publishing, agent heartbeats and live connection counts (the ConnectionManager);
 - `Presence`: agents' last_seen as the batched recorder holds it (db/agents.AgentRecorder);
-- `Writes`: inserts written with concurrent requests' in one transaction (db/group_commit.py).
+- `Writes`: inserts written with concurrent requests' in one transaction (db/group_commit.py);
+- `Shared`: read-check-write calls run in one transaction with concurrent requests'
+  (db/shared_transaction.py).
 
 A front door opens one `Context` per request, tool call or WebSocket message
 (`async with runtime.context(actor) as ctx`).
@@ -13,11 +15,11 @@ A front door opens one `Context` per request, tool call or WebSocket message
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,6 +29,8 @@ from app.realtime.permissions import Principal
 from app.realtime.presence import ClientInfo
 from app.realtime.publication import Publication
 from app.realtime.waits import EventFilter, Watch
+
+T = TypeVar("T")
 
 
 class Realtime(Protocol):
@@ -78,6 +82,15 @@ class Writes(Protocol):
         id (`chosen` by the client, not generated) is, or what writing it alone raised."""
 
 
+class Shared(Protocol):
+    """One transaction for concurrent requests' read-check-write calls."""
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], key: str = "") -> T:
+        """`work(db)` with the next batch (it must not commit): its result once committed, or
+        its error; it may run twice, so its only effects are in the database. `key`: the row
+        it locks and waits for, if any (a batch locks its rows in key order)."""
+
+
 @dataclass(slots=True)
 class Context:
     """One domain call's parts. Its database session is opened on first use of `db` and closed
@@ -89,6 +102,7 @@ class Context:
     realtime: Realtime
     presence: Presence
     writes: Writes
+    shared: Shared
     sessions: Callable[[], AsyncSession]
     _db: AsyncSession | None = field(default=None, init=False)
 

@@ -15,6 +15,7 @@ from sqlalchemy import Select, Update, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import FINISHED, TaskDependency, TaskStatus
+from app.db.shared_transaction import Retry
 from app.db.types import utcnow
 from app.domain.errors import Conflict, IllegalTransition, NotFound
 from app.domain.rows import Dependency, Snapshot
@@ -130,14 +131,17 @@ async def update_lifecycle(
     guard: Guard | None = None,
     prepare: Prepare | None = None,
     settle: Settle | None = None,
+    shared: bool = False,
 ) -> Snapshot:
     """Apply a PATCH to a task or subtask: guarded, validated, compare-and-set, retried.
 
     A retry (someone changed the status meanwhile) rolls back and runs everything again,
     `prepare`'s writes included. The answer is the row as read plus what was written.
+    `shared`: `db` is the shared transaction's (db/shared_transaction.py), which commits,
+    and runs this again when it raises `Retry`.
     """
     mapped: Any = model  # the key of the statement caches
-    for _ in range(5):
+    for _ in range(1 if shared else 5):
         row = await read_snapshot(db, mapped, ident)
         if row is None:
             raise NotFound(kind, ident)
@@ -162,11 +166,19 @@ async def update_lifecycle(
         if result.rowcount == 1:
             if settle is not None:
                 await settle(row, values)
-            await db.commit()
+            if not shared:
+                await db.commit()
             # The row is now what was read plus `values`: no trigger writes the row itself and
             # `settle` writes its dependents only, so it is not read a second time.
             for key, value in values.items():
                 setattr(row, key, value)
             return row
-        await db.rollback()  # someone changed the status meanwhile: look again
-    raise Conflict(f"{kind} {ident} is changing too fast; retry")
+        # Someone changed the status meanwhile: look again.
+        if shared:
+            raise Retry(_too_fast(kind, ident))
+        await db.rollback()
+    raise _too_fast(kind, ident)
+
+
+def _too_fast(kind: str, ident: str) -> Conflict:
+    return Conflict(f"{kind} {ident} is changing too fast; retry")

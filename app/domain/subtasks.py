@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Subtask, Task, TaskStatus
 from app.db.types import utcnow
@@ -59,16 +60,25 @@ async def list_subtasks(
 
 async def update_subtask(ctx: Context, subtask_id: str, body: SubtaskUpdate) -> SubtaskOut:
     """Change a subtask; emits subtask.*. An agent changes a subtask assigned to it, or an
-    unassigned one of a task it may change."""
+    unassigned one of a task it may change. Runs in the shared transaction with concurrent
+    requests' changes (db/shared_transaction.py) unless its session holds a transaction."""
     actor = ctx.actor
-
-    async def guard(row: Any) -> None:
-        assignee = row.agent_id
-        if assignee is None:
-            task = await ctx.db.get(Task, row.task_id)
-            assignee = task.agent_id if task is not None else None
-        access.check_task_writer(actor, "Subtask", subtask_id, assignee)
-
     changes = lifecycle.patch_changes(body.model_dump(exclude_unset=True))
-    row = await lifecycle.update_lifecycle(ctx.db, Subtask, "Subtask", subtask_id, changes, guard)
+
+    async def change(db: AsyncSession, shared: bool) -> Snapshot:
+        async def guard(row: Any) -> None:
+            assignee = row.agent_id
+            if assignee is None:  # a column read, not an entity: the batch's session is
+                # shared, and an entity another call changed by UPDATE would be stale in it
+                assignee = await db.scalar(select(Task.agent_id).where(Task.id == row.task_id))
+            access.check_task_writer(actor, "Subtask", subtask_id, assignee)
+
+        return await lifecycle.update_lifecycle(
+            db, Subtask, "Subtask", subtask_id, changes, guard, shared=shared
+        )
+
+    if ctx.in_transaction():
+        row = await change(ctx.db, shared=False)
+    else:
+        row = await ctx.shared.run(lambda db: change(db, shared=True), key=subtask_id)
     return subtask_out(row)

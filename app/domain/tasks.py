@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import ColumnElement, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Task, TaskDependency, TaskStatus
 from app.db.types import utcnow
@@ -168,49 +169,59 @@ async def writable_task(ctx: Context, task_id: str) -> Task:
 
 async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
     """Change a task: status (validated), result, error, …; the trigger emits task.updated,
-    or task.completed / task.failed when it reaches that status."""
+    or task.completed / task.failed when it reaches that status.
+
+    A change that writes the task row alone (no new dependencies) runs in the shared
+    transaction with concurrent requests' (db/shared_transaction.py); one that replaces the
+    dependencies, or whose session already holds a transaction, runs in its own."""
     actor = ctx.actor
-    db = ctx.db
     given = body.model_dump(exclude_unset=True)
     lease_id = given.pop("lease_id", None)
     depends_on = given.pop("depends_on", None)
     if "capabilities" in given:
         given["capabilities"] = sorted(set(given["capabilities"] or ())) or None
-
-    replaced = False  # prepare wrote new dependency rows (the loaded list is stale)
-
-    async def guard(row: Any) -> None:
-        access.check_task_writer(actor, "Task", task_id, row.agent_id)
-
-    async def prepare(row: Any, changes: dict[str, Any]) -> dict[str, Any]:
-        nonlocal replaced
-        changes = dict(changes)
-        if "status" in changes:
-            changes.update(lease_change(row, lease_id, changes["status"]))
-        if depends_on is not None and sorted(set(depends_on)) != [
-            d.depends_on for d in row.dependencies
-        ]:
-            if row.status != TaskStatus.PENDING or row.lease_id is not None:
-                raise Conflict(
-                    f"Task {task_id} is {row.status}: its dependencies change only while "
-                    "it is pending",
-                    "ILLEGAL_TRANSITION",
-                )
-            changes["ready_at"] = await dependencies.check_dependencies(db, task_id, depends_on)
-            await dependencies.replace_dependencies(db, row, depends_on)
-            replaced = True
-            changes["updated_at"] = utcnow()  # a change even if nothing else is
-        return changes
-
-    async def settle(row: Any, values: dict[str, Any]) -> None:
-        status = values.get("status")
-        if status is not None and status != row.status:
-            await dependencies.settle_dependents(db, task_id, status)
-
     changes = lifecycle.patch_changes(given)
-    row = await lifecycle.update_lifecycle(
-        db, Task, "Task", task_id, changes, guard, prepare, settle
-    )
-    if replaced:  # the rows prepare wrote, as replace_dependencies wrote them
-        row.dependencies = [Dependency(d) for d in sorted(set(depends_on or ()))]
+
+    async def change(db: AsyncSession, shared: bool) -> Snapshot:
+        replaced = False  # prepare wrote new dependency rows (the loaded list is stale)
+
+        async def guard(row: Any) -> None:
+            access.check_task_writer(actor, "Task", task_id, row.agent_id)
+
+        async def prepare(row: Any, changes: dict[str, Any]) -> dict[str, Any]:
+            nonlocal replaced
+            changes = dict(changes)
+            if "status" in changes:
+                changes.update(lease_change(row, lease_id, changes["status"]))
+            if depends_on is not None and sorted(set(depends_on)) != [
+                d.depends_on for d in row.dependencies
+            ]:
+                if row.status != TaskStatus.PENDING or row.lease_id is not None:
+                    raise Conflict(
+                        f"Task {task_id} is {row.status}: its dependencies change only while "
+                        "it is pending",
+                        "ILLEGAL_TRANSITION",
+                    )
+                changes["ready_at"] = await dependencies.check_dependencies(db, task_id, depends_on)
+                await dependencies.replace_dependencies(db, row, depends_on)
+                replaced = True
+                changes["updated_at"] = utcnow()  # a change even if nothing else is
+            return changes
+
+        async def settle(row: Any, values: dict[str, Any]) -> None:
+            status = values.get("status")
+            if status is not None and status != row.status:
+                await dependencies.settle_dependents(db, task_id, status)
+
+        row = await lifecycle.update_lifecycle(
+            db, Task, "Task", task_id, changes, guard, prepare, settle, shared=shared
+        )
+        if replaced:  # the rows prepare wrote, as replace_dependencies wrote them
+            row.dependencies = [Dependency(d) for d in sorted(set(depends_on or ()))]
+        return row
+
+    if depends_on is None and not ctx.in_transaction():
+        row = await ctx.shared.run(lambda db: change(db, shared=True), key=task_id)
+    else:
+        row = await change(ctx.db, shared=False)
     return task_out(row)
