@@ -46,6 +46,10 @@ from app.webhooks.service import Webhooks
 
 logger = logging.getLogger("context_manager.runtime")
 
+# Batches of the shared transaction in flight at once on PostgreSQL: a connection each, of
+# the pool's ten (db/engine.py), the others left to reads and the group commit.
+SHARED_WRITERS = 4
+
 PresenceListener = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
@@ -91,7 +95,11 @@ class Runtime:
         self.agents = AgentRecorder(self.sessionmaker, settings.agent_flush_interval)
         self.writes = GroupCommit(self.sessionmaker)
         self.writes.prepare(Message.metadata.tables["messages"], inbox.take_seqs)
-        self.shared = SharedTransaction(self.sessionmaker, refusals=(DomainError,))
+        self.shared = SharedTransaction(
+            self.sessionmaker,
+            refusals=(DomainError,),
+            writers=1 if self.engine.dialect.name == "sqlite" else SHARED_WRITERS,
+        )
         hooks = DatabaseHooks(self.sessionmaker, self.agents, self.writes)
         self.manager = ConnectionManager(
             settings,

@@ -215,6 +215,28 @@ async def test_calls_run_in_key_order(engine: AsyncEngine) -> None:
     assert seen == ["#4", "t1#1", "t1#3", "t2#2", "t3#0"]
 
 
+async def test_writers_run_batches_side_by_side(engine: AsyncEngine) -> None:
+    """With two writers a batch waiting on the server does not hold up the next one (how
+    PostgreSQL runs them); with one, the second call would wait behind the first."""
+    runner = SharedTransaction(create_sessionmaker(engine), refusals=(DomainError,), writers=2)
+    released = asyncio.Event()
+
+    async def waits(db: AsyncSession) -> str:
+        await asyncio.wait_for(released.wait(), 5)
+        return "first"
+
+    async def releases(db: AsyncSession) -> str:
+        released.set()
+        return "second"
+
+    first = asyncio.create_task(runner.run(waits))
+    await asyncio.sleep(0.05)  # the first writer holds it
+    assert await asyncio.wait_for(runner.run(releases), 5) == "second"
+    assert await first == "first"
+    await runner.close()
+    assert runner.batches == 2 and not runner._writers
+
+
 async def test_a_cancelled_caller_still_commits_and_close_waits(engine: AsyncEngine) -> None:
     runner = shared(engine)
     first = asyncio.create_task(runner.run(bump("c0")))
