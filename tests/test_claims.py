@@ -405,6 +405,72 @@ async def test_a_claim_answers_what_a_read_then_finds(service: Service) -> None:
         assert answer["task"]["lease"] == answer["lease"] and answer["task"]["attempts"] == 1
 
 
+async def test_lease_operations_answer_what_a_read_then_finds(service: Service) -> None:
+    """Renew, complete, fail and release answer from the row as read plus what they wrote,
+    not read back: each must equal a GET. A dependent made ready by a completion shows it."""
+    async with api(service) as http:
+        await task(http, id="dep", max_attempts=3)
+        await task(http, id="after", depends_on=["dep"])
+        await task(http, id="other")
+
+        async def lease_op(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            answer = await http.post(path, json=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == (await http.get(path.rsplit("/", 1)[0])).json(), path
+            return answer.json()
+
+        claimed = await claim(http, "w")
+        assert claimed is not None
+        ident, lease = claimed["task"]["id"], claimed["lease"]["id"]
+        assert ident == "dep"  # the oldest ready task
+        renewed = await lease_op(
+            f"/api/tasks/{ident}/lease", {"lease_id": lease, "lease_seconds": 900}
+        )
+        assert renewed["lease"]["expires_at"] > claimed["lease"]["expires_at"]
+        failed = await lease_op(
+            f"/api/tasks/{ident}/fail", {"lease_id": lease, "error": "e", "retry": True}
+        )
+        assert failed["status"] == "pending" and failed["lease"] is None
+        again = await claim(http, "w")
+        assert again is not None and again["task"]["id"] == ident
+        released = await lease_op(f"/api/tasks/{ident}/release", {"lease_id": again["lease"]["id"]})
+        assert released["status"] == "pending" and released["attempts"] == 1
+        third = await claim(http, "w")
+        assert third is not None and third["task"]["id"] == ident
+        done = await lease_op(
+            f"/api/tasks/{ident}/complete",
+            {"lease_id": third["lease"]["id"], "result": {"ok": 1}},
+        )
+        assert done["status"] == "completed" and done["completed_at"] is not None
+        assert (await http.get("/api/tasks/after")).json()["ready_at"] is not None
+
+
+async def test_concurrent_completions_share_transactions(service: Service) -> None:
+    """Sixteen agents complete their claims at once: every one 200 and stored, in fewer
+    transactions than completions."""
+    shared = service.app.state.runtime.shared
+    async with api(service) as http:
+        for n in range(16):
+            await task(http, id=f"t{n}")
+        leases = [await claim(http, f"w{n}") for n in range(16)]
+        before = shared.batches
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    f"/api/tasks/{held['task']['id']}/complete",
+                    json={"lease_id": held["lease"]["id"], "result": n},
+                )
+                for n, held in enumerate(leases)
+                if held is not None
+            )
+        )
+        assert [a.status_code for a in answers] == [200] * 16, [a.text for a in answers]
+        assert shared.batches - before < 16
+        for answer in answers:
+            stored = (await http.get(f"/api/tasks/{answer.json()['id']}")).json()
+            assert stored == answer.json() and stored["status"] == "completed"
+
+
 async def test_concurrent_claimers_are_served_in_turn(service: Service) -> None:
     """Sixteen claimers in a closed loop: none is passed over again and again.
 

@@ -20,6 +20,7 @@ so whatever a holder writes elsewhere can carry it and be told apart from an old
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -34,8 +35,10 @@ from app.domain import access
 from app.domain.context import Context
 from app.domain.dependencies import claim_conditions, settle_dependents
 from app.domain.errors import Conflict, Forbidden, NotFound
+from app.domain.lifecycle import read_snapshot
 from app.domain.rows import Dependency, Snapshot
 from app.domain.tasks import LEASE_LOST, lease_out, task_out
+from app.realtime.permissions import Principal
 from app.schemas import Claimed, ClaimRequest, TaskOut
 
 
@@ -176,13 +179,25 @@ async def claim(ctx: Context, body: ClaimRequest) -> Claimed | None:
 # --- lease operations ------------------------------------------------------------------------
 
 
-async def _leased(ctx: Context, task_id: str, lease_id: str) -> Task:
-    """The task, if `lease_id` is its live lease and the actor its holder (or an admin)."""
+async def _on_lease(
+    ctx: Context, task_id: str, change: Callable[[AsyncSession], Awaitable[Snapshot]]
+) -> TaskOut:
+    """Run a lease operation in the shared transaction with concurrent requests' (or in this
+    call's own, if its session holds one) and answer the row it left."""
     access.require_writer(ctx.actor)
-    row = await ctx.db.get(Task, task_id, populate_existing=True)
+    if ctx.in_transaction():
+        row = await change(ctx.db)
+        await ctx.db.commit()
+    else:
+        row = await ctx.shared.run(change, key=task_id)
+    return task_out(row)
+
+
+async def _leased(db: AsyncSession, actor: Principal, task_id: str, lease_id: str) -> Snapshot:
+    """The task, if `lease_id` is its live lease and the actor its holder (or an admin)."""
+    row = await read_snapshot(db, Task, task_id)
     if row is None:
         raise NotFound("Task", task_id)
-    actor = ctx.actor
     if actor.role is not Role.ADMIN and row.lease_agent_id not in (None, actor.agent_id):
         raise Forbidden(f"Task {task_id} is leased to {row.lease_agent_id}, not to this agent")
     if row.lease_id != lease_id or row.lease_expires_at is None or row.lease_expires_at <= utcnow():
@@ -190,19 +205,12 @@ async def _leased(ctx: Context, task_id: str, lease_id: str) -> Task:
     return row
 
 
-async def _end_lease(ctx: Context, row: Task, lease_id: str, values: dict[str, Any]) -> TaskOut:
-    """Compare-and-set on the live lease, then dependents, in one transaction."""
-    db = ctx.db
+async def _set_on_lease(
+    db: AsyncSession, row: Snapshot, lease_id: str, values: dict[str, Any]
+) -> Snapshot:
+    """Compare-and-set `values` on the live lease; the answer is the row as read plus them
+    (no trigger writes the task row itself, so it is not read a second time)."""
     now = utcnow()
-    values = {
-        **values,
-        "lease_id": None,
-        "lease_agent_id": None,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
-    if values.get("status") in (TaskStatus.COMPLETED, TaskStatus.FAILED):
-        values["completed_at"] = now
     result: Any = await db.execute(
         update(Task)
         .where(Task.id == row.id, Task.lease_id == lease_id, Task.lease_expires_at > now)
@@ -210,60 +218,84 @@ async def _end_lease(ctx: Context, row: Task, lease_id: str, values: dict[str, A
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
-        await db.rollback()
         raise Conflict(f"Lease {lease_id} on task {row.id} expired or was taken over", LEASE_LOST)
-    await settle_dependents(db, row.id, values["status"])
-    await db.commit()
-    fresh = await db.get(Task, row.id, populate_existing=True)
-    assert fresh is not None
-    return task_out(fresh)
+    for key, value in values.items():
+        setattr(row, key, value)
+    return row
+
+
+async def _end_lease(
+    ctx: Context,
+    task_id: str,
+    lease_id: str,
+    values_for: Callable[[Snapshot], dict[str, Any]],
+) -> TaskOut:
+    """End the live lease with the values `values_for` gives for the task as read, then
+    settle its dependents, in one transaction."""
+    actor = ctx.actor
+
+    async def change(db: AsyncSession) -> Snapshot:
+        row = await _leased(db, actor, task_id, lease_id)
+        now = utcnow()
+        values = {
+            **values_for(row),
+            "lease_id": None,
+            "lease_agent_id": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+        if values.get("status") in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+            values["completed_at"] = now
+        row = await _set_on_lease(db, row, lease_id, values)
+        await settle_dependents(db, task_id, values["status"])
+        return row
+
+    return await _on_lease(ctx, task_id, change)
 
 
 async def renew(ctx: Context, task_id: str, lease_id: str, seconds: int | None) -> TaskOut:
     """Push the lease's expiry to now + `seconds` (default: the claim's). No event."""
-    row = await _leased(ctx, task_id, lease_id)
-    db = ctx.db
-    now = utcnow()
-    seconds = seconds or row.lease_seconds or 300
-    result: Any = await db.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.lease_id == lease_id, Task.lease_expires_at > now)
-        .values(lease_expires_at=now + timedelta(seconds=seconds), lease_seconds=seconds)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
-        await db.rollback()
-        raise Conflict(f"Lease {lease_id} on task {task_id} expired or was taken over", LEASE_LOST)
-    await db.commit()
-    fresh = await db.get(Task, task_id, populate_existing=True)
-    assert fresh is not None
-    return task_out(fresh)
+    actor = ctx.actor
+
+    async def change(db: AsyncSession) -> Snapshot:
+        row = await _leased(db, actor, task_id, lease_id)
+        length = seconds or row.lease_seconds or 300
+        values = {
+            "lease_expires_at": utcnow() + timedelta(seconds=length),
+            "lease_seconds": length,
+        }
+        return await _set_on_lease(db, row, lease_id, values)
+
+    return await _on_lease(ctx, task_id, change)
 
 
 async def complete(ctx: Context, task_id: str, lease_id: str, result: Any) -> TaskOut:
-    row = await _leased(ctx, task_id, lease_id)
     values = {"status": TaskStatus.COMPLETED.value, "result": result, "lease_outcome": "completed"}
-    return await _end_lease(ctx, row, lease_id, values)
+    return await _end_lease(ctx, task_id, lease_id, lambda _row: values)
 
 
 async def fail(ctx: Context, task_id: str, lease_id: str, error: str, retry: bool) -> TaskOut:
     """Failed this attempt: back to pending while attempts are left and `retry`, else failed."""
-    row = await _leased(ctx, task_id, lease_id)
-    again = retry and row.attempts < row.max_attempts
-    status = TaskStatus.PENDING if again else TaskStatus.FAILED
-    values = {"status": status.value, "error": error, "lease_outcome": "failed"}
-    return await _end_lease(ctx, row, lease_id, values)
+
+    def values_for(row: Snapshot) -> dict[str, Any]:
+        again = retry and row.attempts < row.max_attempts
+        status = TaskStatus.PENDING if again else TaskStatus.FAILED
+        return {"status": status.value, "error": error, "lease_outcome": "failed"}
+
+    return await _end_lease(ctx, task_id, lease_id, values_for)
 
 
 async def release(ctx: Context, task_id: str, lease_id: str) -> TaskOut:
     """Give the task back untouched: pending, and the attempt does not count."""
-    row = await _leased(ctx, task_id, lease_id)
-    values = {
-        "status": TaskStatus.PENDING.value,
-        "attempts": max(0, row.attempts - 1),
-        "lease_outcome": "released",
-    }
-    return await _end_lease(ctx, row, lease_id, values)
+
+    def values_for(row: Snapshot) -> dict[str, Any]:
+        return {
+            "status": TaskStatus.PENDING.value,
+            "attempts": max(0, row.attempts - 1),
+            "lease_outcome": "released",
+        }
+
+    return await _end_lease(ctx, task_id, lease_id, values_for)
 
 
 async def renew_all(db: AsyncSession, agent_id: str) -> int:
