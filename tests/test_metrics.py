@@ -51,7 +51,13 @@ async def test_snapshot_values_and_cadence(
             await listener.subscribe("metrics")
         computed_before = service.app.state.metrics.computed
         frames = [await listener.next_event("metric.update", timeout=5) for listener in listeners]
-        # One snapshot per tick, shared by every listener.
+        # One snapshot per tick, shared by every listener. A tick may come while the later
+        # listeners are still subscribing (CI, loaded: two first timestamps 0.3 s apart), so
+        # the earlier ones read on to the tick the last one first saw: each gets it too.
+        latest = max(f["data"]["timestamp"] for f in frames)
+        for n, listener in enumerate(listeners):
+            while frames[n]["data"]["timestamp"] < latest:
+                frames[n] = await listener.next_event("metric.update", timeout=5)
         assert len({f["data"]["timestamp"] for f in frames}) == 1
         await asyncio.sleep(0.1)  # the agents' upserts are debounced; take a later tick
         data = (await listeners[0].next_event("metric.update", timeout=5))["data"]
