@@ -46,7 +46,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -88,7 +88,7 @@ class _Call:
     key: str
     done: asyncio.Future[Any]
     result: Any = None
-    error: BaseException | None = field(default=None)
+    error: BaseException | None = None
 
 
 class SharedTransaction:
@@ -161,7 +161,6 @@ class SharedTransaction:
                     _answer(call)
                 return
         for call in batch:
-            call.error = None
             await self._alone(call)
             _answer(call)
 

@@ -101,11 +101,7 @@ async def try_claim(ctx: Context, agent_id: str, body: ClaimRequest) -> Claimed 
     """Claim the best ready task now, or None: in the shared transaction with concurrent
     requests' claims and PATCHes (db/shared_transaction.py), unless this call's session
     holds a transaction already."""
-    if ctx.in_transaction():
-        claimed = await _claim_in(ctx.db, agent_id, body)
-        await ctx.db.commit()
-        return claimed
-    return await ctx.shared.run(lambda db: _claim_in(db, agent_id, body))
+    return await ctx.change(lambda db: _claim_in(db, agent_id, body))
 
 
 async def _claim_in(db: AsyncSession, agent_id: str, body: ClaimRequest) -> Claimed | None:
@@ -185,12 +181,7 @@ async def _on_lease(
     """Run a lease operation in the shared transaction with concurrent requests' (or in this
     call's own, if its session holds one) and answer the row it left."""
     access.require_writer(ctx.actor)
-    if ctx.in_transaction():
-        row = await change(ctx.db)
-        await ctx.db.commit()
-    else:
-        row = await ctx.shared.run(change, key=task_id)
-    return task_out(row)
+    return task_out(await ctx.change(change, key=task_id))
 
 
 async def _leased(db: AsyncSession, actor: Principal, task_id: str, lease_id: str) -> Snapshot:

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.shared_transaction import ATTEMPTS, Retry
 from app.realtime.history import HistoryPage, StreamPosition
 from app.realtime.permissions import Principal
 from app.realtime.presence import ClientInfo
@@ -116,6 +117,27 @@ class Context:
     def in_transaction(self) -> bool:
         """Whether this call's session holds a transaction (False when none was opened)."""
         return self._db is not None and self._db.in_transaction()
+
+    async def change(self, work: Callable[[AsyncSession], Awaitable[T]], key: str = "") -> T:
+        """Run a read-check-write call (it does not commit, and raises `Retry` when its
+        compare-and-set missed): in the shared transaction with concurrent requests' calls,
+        or, when this call's session holds a transaction already, in that one, committed
+        here (the shared one would wait for SQLite's one connection, which this holds)."""
+        if not self.in_transaction():
+            return await self.shared.run(work, key)
+        db = self.db
+        give_up: Exception | None = None
+        for _ in range(ATTEMPTS):
+            try:
+                result = await work(db)
+            except Retry as retry:
+                await db.rollback()
+                give_up = retry.give_up
+                continue
+            await db.commit()
+            return result
+        assert give_up is not None
+        raise give_up
 
     async def __aenter__(self) -> Context:
         return self

@@ -131,17 +131,17 @@ async def update_lifecycle(
     guard: Guard | None = None,
     prepare: Prepare | None = None,
     settle: Settle | None = None,
-    shared: bool = False,
+    commit: bool = True,
 ) -> Snapshot:
     """Apply a PATCH to a task or subtask: guarded, validated, compare-and-set, retried.
 
     A retry (someone changed the status meanwhile) rolls back and runs everything again,
     `prepare`'s writes included. The answer is the row as read plus what was written.
-    `shared`: `db` is the shared transaction's (db/shared_transaction.py), which commits,
-    and runs this again when it raises `Retry`.
+    `commit=False`: the caller commits, and runs this again when it raises `Retry`
+    (`Context.change`, db/shared_transaction.py).
     """
     mapped: Any = model  # the key of the statement caches
-    for _ in range(1 if shared else 5):
+    for _ in range(5 if commit else 1):
         row = await read_snapshot(db, mapped, ident)
         if row is None:
             raise NotFound(kind, ident)
@@ -166,7 +166,7 @@ async def update_lifecycle(
         if result.rowcount == 1:
             if settle is not None:
                 await settle(row, values)
-            if not shared:
+            if commit:
                 await db.commit()
             # The row is now what was read plus `values`: no trigger writes the row itself and
             # `settle` writes its dependents only, so it is not read a second time.
@@ -174,7 +174,7 @@ async def update_lifecycle(
                 setattr(row, key, value)
             return row
         # Someone changed the status meanwhile: look again.
-        if shared:
+        if not commit:
             raise Retry(_too_fast(kind, ident))
         await db.rollback()
     raise _too_fast(kind, ident)

@@ -65,7 +65,7 @@ async def update_subtask(ctx: Context, subtask_id: str, body: SubtaskUpdate) -> 
     actor = ctx.actor
     changes = lifecycle.patch_changes(body.model_dump(exclude_unset=True))
 
-    async def change(db: AsyncSession, shared: bool) -> Snapshot:
+    async def change(db: AsyncSession) -> Snapshot:
         async def guard(row: Any) -> None:
             assignee = row.agent_id
             if assignee is None:  # a column read, not an entity: the batch's session is
@@ -74,11 +74,7 @@ async def update_subtask(ctx: Context, subtask_id: str, body: SubtaskUpdate) -> 
             access.check_task_writer(actor, "Subtask", subtask_id, assignee)
 
         return await lifecycle.update_lifecycle(
-            db, Subtask, "Subtask", subtask_id, changes, guard, shared=shared
+            db, Subtask, "Subtask", subtask_id, changes, guard, commit=False
         )
 
-    if ctx.in_transaction():
-        row = await change(ctx.db, shared=False)
-    else:
-        row = await ctx.shared.run(lambda db: change(db, shared=True), key=subtask_id)
-    return subtask_out(row)
+    return subtask_out(await ctx.change(change, key=subtask_id))

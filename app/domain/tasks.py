@@ -182,7 +182,7 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
         given["capabilities"] = sorted(set(given["capabilities"] or ())) or None
     changes = lifecycle.patch_changes(given)
 
-    async def change(db: AsyncSession, shared: bool) -> Snapshot:
+    async def change(db: AsyncSession, commit: bool) -> Snapshot:
         replaced = False  # prepare wrote new dependency rows (the loaded list is stale)
 
         async def guard(row: Any) -> None:
@@ -214,14 +214,14 @@ async def update_task(ctx: Context, task_id: str, body: TaskUpdate) -> TaskOut:
                 await dependencies.settle_dependents(db, task_id, status)
 
         row = await lifecycle.update_lifecycle(
-            db, Task, "Task", task_id, changes, guard, prepare, settle, shared=shared
+            db, Task, "Task", task_id, changes, guard, prepare, settle, commit=commit
         )
         if replaced:  # the rows prepare wrote, as replace_dependencies wrote them
             row.dependencies = [Dependency(d) for d in sorted(set(depends_on or ()))]
         return row
 
-    if depends_on is None and not ctx.in_transaction():
-        row = await ctx.shared.run(lambda db: change(db, shared=True), key=task_id)
+    if depends_on is None:
+        row = await ctx.change(lambda db: change(db, commit=False), key=task_id)
     else:
-        row = await change(ctx.db, shared=False)
+        row = await change(ctx.db, commit=True)
     return task_out(row)
