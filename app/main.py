@@ -26,7 +26,7 @@ from app import __version__
 from app.api.auth import require_identity
 from app.api.errors import install_error_handlers
 from app.api.idempotency import Idempotency
-from app.api.middleware import BodySizeLimit
+from app.api.middleware import BodySizeLimit, ContextScope
 from app.api.routes import (
     actions,
     agents,
@@ -121,7 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for path in app.state.mcp.paths:
         app.add_route(path, app.state.mcp, include_in_schema=False)
     install_error_handlers(app)
-    # Outermost last: the body limit, then CORS, then idempotency (it reads bounded bodies).
+    # Outermost last: the body limit, then CORS, then idempotency (it reads bounded bodies),
+    # then the scope that closes the routes' domain contexts (app/api/deps.py: get_context).
+    app.add_middleware(ContextScope)
     app.add_middleware(Idempotency, root=app)
     app.add_middleware(
         CORSMiddleware,

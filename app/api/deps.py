@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Path, Query, Request
 
 from app.api.auth import IdentityDep
+from app.api.middleware import CONTEXTS
 from app.core.config import Settings
 from app.domain.context import Context
 from app.domain.pagination import Order
@@ -33,12 +33,13 @@ def get_metrics(request: Request) -> MetricsTask:
     return metrics
 
 
-async def get_context(request: Request, identity: IdentityDep) -> AsyncIterator[Context]:
+async def get_context(request: Request, identity: IdentityDep) -> Context:
     """The domain call's context for this request's caller; its session, if the call opened
-    one, is closed (rolled back if uncommitted) after the request."""
+    one, is closed (rolled back if uncommitted) once the response is done, by ContextScope
+    (app/api/middleware.py), which costs less than a yield dependency."""
     context: Context = request.app.state.runtime.context(identity)
-    async with context:
-        yield context
+    request.scope[CONTEXTS].append(context)
+    return context
 
 
 ContextDep = Annotated[Context, Depends(get_context)]

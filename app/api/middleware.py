@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from app.domain.context import Context
 
 
 class BodySizeLimit:
@@ -62,3 +66,31 @@ class BodySizeLimit:
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+CONTEXTS = "context_manager.contexts"  # the scope key of the request's domain contexts
+
+
+class ContextScope:
+    """Close the domain contexts (app/domain/context.py) a request's routes were given, once
+    its response is done: what a yield dependency does, without what FastAPI 0.165 wraps
+    each one in (an anyio cancel scope, a shielded exit and an exit-stack entry, ≈ 5 % of a
+    PATCH's CPU by py-spy). Most write requests never open a session, so closing is a no-op."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        contexts: list[Context] = []
+        scope[CONTEXTS] = contexts
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for context in contexts:
+                if context.has_session():
+                    # Shielded: a cancelled request still returns its connection to the pool.
+                    with anyio.CancelScope(shield=True):
+                        await context.aclose()

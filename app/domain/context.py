@@ -139,9 +139,18 @@ class Context:
         assert give_up is not None
         raise give_up
 
+    def has_session(self) -> bool:
+        """Whether `db` was opened (and `aclose` has work to do)."""
+        return self._db is not None
+
+    async def aclose(self) -> None:
+        """Close the session, if one was opened (rolled back if uncommitted)."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
     async def __aenter__(self) -> Context:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._db is not None:
-            await self._db.close()
+        await self.aclose()
