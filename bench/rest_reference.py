@@ -14,14 +14,17 @@ the ratio does not measure an fsync per commit; the engine's pools are SQLAlchem
     POST  /api/tasks        {title, description?, priority?}          → 201 the row
     PATCH /api/tasks/{id}   {status?, title?, description?, priority?} → 200 the row (404)
     POST  /api/tasks/claim  {agent_id}  the oldest highest-priority pending task → in_progress,
-                            assigned to agent_id; 200 the row, 204 when none is pending.
-                            PostgreSQL: SELECT … FOR UPDATE SKIP LOCKED then UPDATE; SQLite:
-                            UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING.
+                            assigned to agent_id with a new lease_id; 200 the row, 204 when
+                            none is pending. PostgreSQL: SELECT … FOR UPDATE SKIP LOCKED then
+                            UPDATE; SQLite: UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING.
+    POST  /api/tasks/{id}/complete  {lease_id}  → completed, 200 the row; 409 unless the task
+                            holds that lease (404 unknown): read, check, write, as PATCH does.
     POST  /api/messages     {from_agent?, to_agent, content}            → 201 the row
     GET   /health
 
 **Naive, and that is the point**: no events, no WebSocket, no outbox, no authentication or
-ownership, no idempotency keys, no limits, no inbox sequence, no leases. It is the floor a
+ownership, no idempotency keys, no limits, no inbox sequence, no lease expiry (a lease is an
+id the claim writes and the completion compares). It is the floor a
 service doing a write per request stands on; context-manager does all of those on top, and
 issue 20 asks it to be three times as fast anyway.
 
@@ -67,6 +70,7 @@ class Task(Base):
     status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     agent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
@@ -104,12 +108,22 @@ class TaskOut(BaseModel):
     status: str
     priority: int
     agent_id: str | None
+    lease_id: str | None = None
     created_at: datetime
     updated_at: datetime
 
 
 class ClaimIn(BaseModel):
     agent_id: str
+
+
+class CompleteIn(BaseModel):
+    lease_id: str
+    result: Any = None
+
+
+def lease() -> str:
+    return f"lease_{uuid.uuid4().hex}"
 
 
 class MessageCreate(BaseModel):
@@ -196,18 +210,32 @@ def build_app(database_url: str) -> FastAPI:
             task = await db.get(Task, task_id)
             assert task is not None
             task.status, task.agent_id, task.updated_at = "in_progress", body.agent_id, now()
+            task.lease_id = lease()
             await db.commit()
             return task
         claimed = await db.scalar(
             update(Task)
             .where(Task.id == oldest.scalar_subquery())
-            .values(status="in_progress", agent_id=body.agent_id, updated_at=now())
+            .values(
+                status="in_progress", agent_id=body.agent_id, lease_id=lease(), updated_at=now()
+            )
             .returning(Task)
         )
         await db.commit()
         if claimed is None:
             return Response(status_code=204)
         return claimed
+
+    @app.post("/api/tasks/{task_id}/complete", response_model=TaskOut)
+    async def complete_task(task_id: str, body: CompleteIn, db: Db) -> Task:
+        task = await db.get(Task, task_id)
+        if task is None:
+            raise HTTPException(404, "task not found")
+        if task.status != "in_progress" or task.lease_id != body.lease_id:
+            raise HTTPException(409, "not your lease")
+        task.status, task.lease_id, task.updated_at = "completed", None, now()
+        await db.commit()
+        return task
 
     @app.post("/api/messages", status_code=201, response_model=MessageOut)
     async def send_message(body: MessageCreate, db: Db) -> Message:
@@ -260,10 +288,26 @@ def build_floor_app() -> FastAPI:
             _, _, task_id = heapq.heappop(pending)
             task = tasks[task_id]
             if task.status == "pending":
-                update = {"status": "in_progress", "agent_id": body.agent_id, "updated_at": now()}
+                update = {
+                    "status": "in_progress",
+                    "agent_id": body.agent_id,
+                    "lease_id": lease(),
+                    "updated_at": now(),
+                }
                 tasks[task_id] = task = task.model_copy(update=update)
                 return task
         return Response(status_code=204)
+
+    @app.post("/api/tasks/{task_id}/complete", response_model=TaskOut)
+    async def complete_task(task_id: str, body: CompleteIn) -> TaskOut:
+        task = tasks.get(task_id)
+        if task is None:
+            raise HTTPException(404, "task not found")
+        if task.status != "in_progress" or task.lease_id != body.lease_id:
+            raise HTTPException(409, "not your lease")
+        update = {"status": "completed", "lease_id": None, "updated_at": now()}
+        tasks[task_id] = task = task.model_copy(update=update)
+        return task
 
     @app.post("/api/messages", status_code=201, response_model=MessageOut)
     async def send_message(body: MessageCreate) -> MessageOut:

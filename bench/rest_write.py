@@ -1,6 +1,6 @@
 """REST writes against a naive FastAPI service: requests/s, latency, CPU per request, events.
 
-    python -m bench.rest_write                          # SQLite, 16 and 64 clients, 4 operations
+    python -m bench.rest_write                          # SQLite, 16 and 64 clients, 5 operations
     python -m bench.rest_write --postgres-url postgresql://postgres@127.0.0.1:5432/test
     python -m bench.rest_write --ops create --concurrency 16 --seconds 10 --rounds 3
     python -m bench.rest_write --quick                  # 2 s windows
@@ -25,14 +25,17 @@ Operations:
     claim    POST /api/tasks/claim {agent_id: client}: CLAIM_SEED pending tasks pre-created;
              each client claims again and again, never completing (one request per claim); a
              204 (queue empty) ends the window early (`queue_exhausted`)
+    complete claim → POST /api/tasks/{id}/complete {lease_id}: an agent's work loop, CLAIM_SEED
+             tasks pre-created; each client completes what it claimed, then claims again (two
+             requests per task, both counted)
 
 Per row: requests/s in the window (2xx only; every other answer is an error and counted),
 latency p50/p99/max, server CPU % of one core and CPU µs per request (/proc, over the window),
 the generator's CPU (†: ≥ 90 %, the figure may be the generator's limit), other % (busy time
 of the server's core that was not the server). For `ours` a WebSocket subscriber on `global`,
 opened before the first write, checks every successful write's event — task.created,
-task.updated, task.claimed, message.new, by id, seeds included: emitted / delivered / lost /
-duplicated. Lost or duplicated ≠ 0 makes the exit status 1.
+task.updated, task.claimed, task.completed, message.new, by id, seeds included: emitted /
+delivered / lost / duplicated. Lost or duplicated ≠ 0 makes the exit status 1.
 
 JSON lines on stdout (appended to bench/results/<UTC date>.jsonl), the table on stderr.
 """
@@ -76,7 +79,7 @@ Row = dict[str, Any]
 NAIVE = "naive"
 FLOOR = "floor"  # the naive service's routes with the rows in memory: FastAPI's own cost
 SERVERS = (NAIVE, OURS)
-OPS = ("create", "patch", "message", "claim")
+OPS = ("create", "patch", "message", "claim", "complete")
 CONCURRENCY = (16, 64)
 QUIET_PERCENT = 15.0
 
@@ -225,7 +228,7 @@ async def measure(
                 "concurrency": concurrency,
                 "warmup": settings.warmup,
                 "duration": settings.seconds,
-                "seed": settings.claim_seed if op == "claim" else settings.patch_seed,
+                "seed": settings.claim_seed if op in ("claim", "complete") else settings.patch_seed,
                 "drain": 15,
             }
             argv = [ensure_node(), str(NODE_DIR / "rest_write.mjs"), orjson.dumps(config).decode()]

@@ -2,8 +2,9 @@
 //
 //   node rest_write.mjs '<json config>'
 //
-// config: {apiUrl, wsUrl (null: no event accounting), op: create|patch|message|claim,
-//          concurrency, warmup (s), duration (s), seed (tasks pre-created for patch/claim),
+// config: {apiUrl, wsUrl (null: no event accounting), op: create|patch|message|claim|complete,
+//          concurrency, warmup (s), duration (s), seed (tasks pre-created for patch/claim/
+//          complete),
 //          drain (s to wait for the last events)}
 //
 // `concurrency` clients, each a closed loop of one request at a time over its own keep-alive
@@ -11,11 +12,14 @@
 // After `warmup` seconds the window opens (phase `measure_start`: the orchestrator samples the
 // server's /proc) and closes `duration` seconds later (`measure_end`); requests answered inside
 // it are counted, with their latency. A claim answered 204 (the seeded queue is empty) closes
-// the window early.
+// the window early. `complete`: each client claims a task, then completes it with the claim's
+// lease (POST /api/tasks/{id}/complete {lease_id}), and claims again: an agent's work loop, two
+// requests per task, both counted.
 //
 // With `wsUrl`, a WebSocket subscriber on `global` (opened before anything is written) checks
 // that every successful write's event arrived: task.created per POST /api/tasks (the seed
-// too), task.updated per PATCH, task.claimed per claim, message.new per POST /api/messages,
+// too), task.updated per PATCH, task.claimed per claim, task.completed per completion,
+// message.new per POST /api/messages,
 // each by its task_id / message_id; lost = expected but never received (waiting up to `drain`
 // seconds after the load stops), duplicated = received more often than written.
 //
@@ -118,7 +122,7 @@ const expected = new Map(); // "event:id" -> count written
 const received = new Map(); // "event:id" -> count arrived
 let expectedTotal = 0;
 const bump = (map, key) => map.set(key, (map.get(key) ?? 0) + 1);
-const WATCHED = new Set(["task.created", "task.updated", "task.claimed", "message.new"]);
+const WATCHED = new Set(["task.created", "task.updated", "task.claimed", "task.completed", "message.new"]);
 
 function expect(event, id) {
   if (!cfg.wsUrl || id == null) return;
@@ -164,13 +168,21 @@ function eventCounts() {
 
 // --- the load --------------------------------------------------------------------------------
 
-const idOf = (res) => {
+const bodyOf = (res) => {
   try {
-    const body = JSON.parse(res.body.toString());
-    return body.id ?? body.task?.id ?? null;
+    return JSON.parse(res.body.toString());
   } catch {
-    return null;
+    return {};
   }
+};
+const idOf = (res) => {
+  const body = bodyOf(res);
+  return body.id ?? body.task?.id ?? null;
+};
+// The claim's lease: ours answers {task, lease: {id, …}}, the naive reference the row with lease_id.
+const leaseOf = (res) => {
+  const body = bodyOf(res);
+  return body.lease?.id ?? body.lease_id ?? null;
 };
 
 async function seed(count) {
@@ -195,7 +207,7 @@ async function seed(count) {
 
 async function main() {
   const ws = cfg.wsUrl ? await subscribe() : null;
-  const seeded = cfg.op === "patch" || cfg.op === "claim" ? await seed(cfg.seed) : [];
+  const seeded = ["patch", "claim", "complete"].includes(cfg.op) ? await seed(cfg.seed) : [];
   if (seeded.length) log(`seeded ${seeded.length} tasks`);
   let k = 0; // requests issued
   let running = true;
@@ -207,6 +219,7 @@ async function main() {
   let exhausted = false;
   const lat = new Samples();
   const patchCount = new Map();
+  const held = new Map(); // client -> [task id, lease id] claimed and not yet completed
 
   function request(client) {
     const n = k++;
@@ -225,6 +238,12 @@ async function main() {
         return ["POST", "/api/messages", { from_agent: `c${client}`, to_agent: `a${n % 100}`, content: `m${n}` }, "message.new"];
       case "claim":
         return ["POST", "/api/tasks/claim", { agent_id: `w${client}` }, "task.claimed"];
+      case "complete": {
+        const claimed = held.get(client);
+        if (!claimed) return ["POST", "/api/tasks/claim", { agent_id: `w${client}` }, "task.claimed"];
+        const [id, lease] = claimed;
+        return ["POST", `/api/tasks/${id}/complete`, { lease_id: lease }, "task.completed", id];
+      }
       default:
         throw new Error(`unknown op ${cfg.op}`);
     }
@@ -244,16 +263,21 @@ async function main() {
         continue;
       }
       const done = nowMs();
-      if (res.status === 204 && cfg.op === "claim") {
+      if (res.status === 204 && (cfg.op === "claim" || cfg.op === "complete")) {
         exhausted = true;
         if (closeWindow) closeWindow();
         return;
       }
       if (res.status >= 300) {
         countError(res.status, res.body.toString());
+        if (cfg.op === "complete") held.delete(c); // claim anew rather than repeat a refusal
         continue;
       }
       ok++;
+      if (cfg.op === "complete") {
+        if (event === "task.claimed") held.set(c, [idOf(res), leaseOf(res)]);
+        else held.delete(c);
+      }
       expect(event, knownId ?? idOf(res));
       if (inWindow && done <= windowEnd) {
         okInWindow++;
