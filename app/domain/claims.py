@@ -196,18 +196,31 @@ async def _leased(db: AsyncSession, actor: Principal, task_id: str, lease_id: st
     return row
 
 
+@cache
+def _on_live_lease(keys: tuple[str, ...]) -> Update:
+    """UPDATE tasks SET `keys` WHERE id, lease_id and an unexpired lease match, built once per
+    set of keys (as lifecycle's compare-and-set: building it cost more than running it)."""
+    table: Any = Task.__table__
+    columns = table.c
+    return (
+        update(table)
+        .where(
+            columns.id == bindparam("l_id"),
+            columns.lease_id == bindparam("l_lease"),
+            columns.lease_expires_at > bindparam("l_now", type_=columns.lease_expires_at.type),
+        )
+        .values({key: bindparam(f"set_{key}", type_=columns[key].type) for key in keys})
+    )
+
+
 async def _set_on_lease(
     db: AsyncSession, row: Snapshot, lease_id: str, values: dict[str, Any]
 ) -> Snapshot:
     """Compare-and-set `values` on the live lease; the answer is the row as read plus them
     (no trigger writes the task row itself, so it is not read a second time)."""
-    now = utcnow()
-    result: Any = await db.execute(
-        update(Task)
-        .where(Task.id == row.id, Task.lease_id == lease_id, Task.lease_expires_at > now)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    params = {f"set_{key}": value for key, value in values.items()}
+    params.update(l_id=row.id, l_lease=lease_id, l_now=utcnow())
+    result: Any = await db.execute(_on_live_lease(tuple(values)), params)
     if result.rowcount != 1:
         raise Conflict(f"Lease {lease_id} on task {row.id} expired or was taken over", LEASE_LOST)
     for key, value in values.items():

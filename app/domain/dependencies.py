@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
+    Update,
     bindparam,
     delete,
     exists,
@@ -103,26 +105,36 @@ async def settle_dependents(db: AsyncSession, task_id: str, status: str) -> None
         await _cancel_dependents(db, task_id, status)
 
 
-async def _ready_dependents(db: AsyncSession, task_id: str) -> None:
-    dep = aliased(Task)
+@cache
+def _ready() -> Update:
+    """Ready the pending dependents of :r_task whose every dependency has completed: built
+    once, where building it per completion (an aliased entity adapted anew each time) was
+    ≈ 27 % of a claim → complete loop's CPU (py-spy)."""
+    tasks: Any = Task.__table__
+    links: Any = TaskDependency.__table__
+    dep = tasks.alias("dep")
     unfinished = (
-        select(TaskDependency.task_id)
-        .join(dep, dep.id == TaskDependency.depends_on)
-        .where(TaskDependency.task_id == Task.id, dep.status != TaskStatus.COMPLETED.value)
+        select(links.c.task_id)
+        .join(dep, dep.c.id == links.c.depends_on)
+        .where(links.c.task_id == tasks.c.id, dep.c.status != TaskStatus.COMPLETED.value)
         .exists()
     )
-    dependents = select(TaskDependency.task_id).where(TaskDependency.depends_on == task_id)
-    await db.execute(
-        update(Task)
+    dependents = select(links.c.task_id).where(links.c.depends_on == bindparam("r_task"))
+    now = bindparam("r_now", type_=tasks.c.ready_at.type)
+    return (
+        update(tasks)
         .where(
-            Task.id.in_(dependents),
-            Task.status == TaskStatus.PENDING.value,
-            Task.ready_at.is_(None),
+            tasks.c.id.in_(dependents),
+            tasks.c.status == TaskStatus.PENDING.value,
+            tasks.c.ready_at.is_(None),
             ~unfinished,
         )
-        .values(ready_at=utcnow(), updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+        .values(ready_at=now, updated_at=now)
     )
+
+
+async def _ready_dependents(db: AsyncSession, task_id: str) -> None:
+    await db.execute(_ready(), {"r_task": task_id, "r_now": utcnow()})
 
 
 async def _cancel_dependents(db: AsyncSession, task_id: str, status: str) -> None:
