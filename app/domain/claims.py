@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Update, and_, bindparam, func, select, update
+from sqlalchemy import Update, and_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.security import Role
@@ -131,6 +131,8 @@ async def _claim_in(db: AsyncSession, agent_id: str, body: ClaimRequest) -> Clai
         params["c_capabilities"] = sorted(set(capabilities))
     if body.session_id is not None:
         params["c_session"] = body.session_id
+    if postgres:
+        await db.execute(_IN_INDEX_ORDER)
     result = await db.execute(statement, params)
     claimed = result.mappings().one_or_none()
     if claimed is None:
@@ -144,6 +146,14 @@ async def _claim_in(db: AsyncSession, agent_id: str, body: ClaimRequest) -> Clai
     assert lease is not None
     return Claimed(task=task_out(row), lease=lease)
 
+
+# PostgreSQL: pick in ix_tasks_claim's order, never by sorting every pending task. With stale
+# statistics (a queue that grew from empty faster than autovacuum's minute: the planner
+# believes one pending row) it chose a bitmap scan and a sort of all of them, 10 ms of server
+# CPU per claim at 5,000 pending (EXPLAIN ANALYZE); the index walk reads one row. For the rest
+# of the transaction (a shared batch's other calls) a sort is only priced higher, and their
+# ORDER BYs have indexes in that order (task_dependencies' key).
+_IN_INDEX_ORDER = text("SET LOCAL enable_sort = off")
 
 _DEPENDS_ON = (
     select(TaskDependency.depends_on)
