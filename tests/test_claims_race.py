@@ -320,3 +320,43 @@ async def test_the_pick_walks_the_claim_index_with_stale_statistics(postgres_url
             assert "Sort" not in ordered and "ix_tasks_claim" in ordered, ordered
         finally:
             await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_the_rest_of_a_claims_transaction_is_planned_as_configured(
+    postgres_url: str,
+) -> None:
+    """The claim turns sorts off for its own statement only. Left off, a later call of the
+    same shared batch that must sort (a completion reading its task's dependencies in order)
+    was priced 10^10 and JIT-compiled by PostgreSQL: 70-200 ms for a one-row SELECT."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from app.db.engine import create_engine
+    from app.db.migrate import migrate
+    from app.domain.claims import _claim_in
+    from app.schemas import ClaimRequest
+
+    async with postgres_database(postgres_url) as url:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            async with engine.begin() as connection:
+                await connection.execute(text("INSERT INTO tasks (id, title) VALUES ('t1', 't')"))
+            async with async_sessionmaker(engine)() as db:
+                claimed = await _claim_in(db, "w1", ClaimRequest(agent_id="w1"))
+                assert claimed is not None and claimed.task.id == "t1"
+                assert await db.scalar(text("SHOW enable_sort")) == "on"
+                # A statement that can only sort: priced as a sort, not as a disabled one.
+                plan = (
+                    (await db.execute(text("EXPLAIN SELECT * FROM tasks ORDER BY title")))
+                    .scalars()
+                    .all()
+                )
+                assert "Sort" in plan[0] and "10000000" not in plan[0], plan
+                # Nothing found to claim: the setting is restored all the same.
+                assert await _claim_in(db, "w2", ClaimRequest(agent_id="w2")) is None
+                assert await db.scalar(text("SHOW enable_sort")) == "on"
+                await db.rollback()
+        finally:
+            await engine.dispose()

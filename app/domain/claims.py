@@ -135,6 +135,8 @@ async def _claim_in(db: AsyncSession, agent_id: str, body: ClaimRequest) -> Clai
         await db.execute(_IN_INDEX_ORDER)
     result = await db.execute(statement, params)
     claimed = result.mappings().one_or_none()
+    if postgres:
+        await db.execute(_SORT_AS_CONFIGURED)
     if claimed is None:
         return None
     row = Snapshot(**claimed)
@@ -150,10 +152,13 @@ async def _claim_in(db: AsyncSession, agent_id: str, body: ClaimRequest) -> Clai
 # PostgreSQL: pick in ix_tasks_claim's order, never by sorting every pending task. With stale
 # statistics (a queue that grew from empty faster than autovacuum's minute: the planner
 # believes one pending row) it chose a bitmap scan and a sort of all of them, 10 ms of server
-# CPU per claim at 5,000 pending (EXPLAIN ANALYZE); the index walk reads one row. For the rest
-# of the transaction (a shared batch's other calls) a sort is only priced higher, and their
-# ORDER BYs have indexes in that order (task_dependencies' key).
+# CPU per claim at 5,000 pending (EXPLAIN ANALYZE); the index walk reads one row.
 _IN_INDEX_ORDER = text("SET LOCAL enable_sort = off")
+# ... for the claim alone. Left off for the rest of the transaction (a shared batch's later
+# calls), a sort the plan cannot avoid (read_snapshot's ORDER BY of a task's dependencies)
+# costs 10^10, past jit_above_cost: PostgreSQL JIT-compiled that one-row SELECT, 70-200 ms
+# a time (auto_explain), and a batch of completions behind a claim took seconds.
+_SORT_AS_CONFIGURED = text("SET LOCAL enable_sort TO DEFAULT")
 
 _DEPENDS_ON = (
     select(TaskDependency.depends_on)
