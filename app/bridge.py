@@ -15,7 +15,9 @@ While it runs: no event lost, none twice. The bridge remembers the last id it de
 reads strictly after it. Ids become visible in id order: SQLite has one writer at a time, and
 on PostgreSQL the trigger takes a transaction-scoped advisory lock before taking an id, so a
 transaction that took id 10 commits before the one that takes id 11 can even insert (without
-that, a reader could see 11, move past 10, and lose it when it commits). An event
+that, a reader could see 11, move past 10, and lose it when it commits). The triggers are
+deferred to COMMIT (migration 0008), so the lock covers the commit, not the transaction's
+statements: concurrent writers run side by side and queue only to commit. An event
 half-published when the broker fails is resumed at the channel where it stopped. The LISTEN
 connection is a dedicated asyncpg connection (not from the pool: a pooled connection would
 drop its LISTEN when returned); when PostgreSQL restarts or terminates it, the bridge
