@@ -14,6 +14,10 @@ events of a transaction still take consecutive ids in statement order. The lock 
 after every row lock of the transaction, never before one, so it can no longer be one end of
 a deadlock. SQLite's triggers are unchanged: it has one writer at a time.
 
+The cost: PostgreSQL queues a deferred trigger's events in the backend's memory until COMMIT
+(an immediate row trigger's, until the end of its statement), so one transaction that writes
+a million rows (a bulk import by psql) holds a million queued events, tens of MB, until then.
+
 A later migration's trigger that feeds the outbox is written the same way:
 ``CREATE CONSTRAINT TRIGGER … AFTER … ON … DEFERRABLE INITIALLY DEFERRED FOR EACH ROW …``.
 
