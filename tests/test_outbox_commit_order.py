@@ -14,10 +14,9 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.conftest import ClientFactory, ServiceFactory
-from tests.databases import api, data_settings, postgres_database
+from tests.databases import _plain, api, data_settings, postgres_database
 from tests.test_bridge import collect
 
 pytestmark = pytest.mark.postgres
@@ -27,10 +26,6 @@ pytestmark = pytest.mark.postgres
 async def database_url(postgres_url: str) -> AsyncIterator[str]:
     async with postgres_database(postgres_url) as url:
         yield url
-
-
-def plain(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def events(connection: asyncpg.Connection) -> list[dict[str, Any]]:
@@ -53,7 +48,7 @@ async def test_an_open_transaction_holds_back_no_other_writer(
             assert made.status_code == 201
         assert [e["event"] for e in await collect(watcher, 2)] == ["task.created"] * 2
 
-        other = await asyncpg.connect(plain(database_url))
+        other = await asyncpg.connect(_plain(database_url))
         try:
             # Before 0008 this statement took the outbox lock and kept it to the COMMIT.
             slow = other.transaction()
@@ -81,8 +76,8 @@ async def test_ids_become_visible_in_id_order(
     """Two transactions with events pending: the one that commits first takes the smaller id,
     so a reader that has seen id N never finds a row below N appear later."""
     await start_service(**data_settings(database_url))  # migrates the database
-    first = await asyncpg.connect(plain(database_url))
-    second = await asyncpg.connect(plain(database_url))
+    first = await asyncpg.connect(_plain(database_url))
+    second = await asyncpg.connect(_plain(database_url))
     # Before 0008 the second UPDATE waited for the first transaction's outbox lock.
     await second.execute("SET lock_timeout = '5s'")
     try:
@@ -110,7 +105,7 @@ async def test_each_change_of_a_row_is_its_own_event(
 ) -> None:
     """A deferred trigger still sees the row as its own statement left it."""
     await start_service(**data_settings(database_url))
-    connection = await asyncpg.connect(plain(database_url))
+    connection = await asyncpg.connect(_plain(database_url))
     try:
         async with connection.transaction():
             await connection.execute("INSERT INTO tasks (id, title) VALUES ('t', 'one')")
