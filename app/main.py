@@ -25,6 +25,7 @@ from fastapi_offline import FastAPIOffline
 from app import __version__
 from app.api.auth import require_identity
 from app.api.errors import install_error_handlers
+from app.api.fast_path import FastPath
 from app.api.idempotency import Idempotency
 from app.api.middleware import BodySizeLimit, ContextScope
 from app.api.routes import (
@@ -122,7 +123,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_route(path, app.state.mcp, include_in_schema=False)
     install_error_handlers(app)
     # Outermost last: the body limit, then CORS, then idempotency (it reads bounded bodies),
-    # then the scope that closes the routes' domain contexts (app/api/deps.py: get_context).
+    # then the scope that closes the routes' domain contexts (app/api/deps.py: get_context),
+    # then the fast path, which runs the common routes without FastAPI's request machinery
+    # and hands the rest, or any request it cannot take as it is, to FastAPI's router.
+    if settings.rest_fast_path:
+        app.add_middleware(FastPath, root=app)
     app.add_middleware(ContextScope)
     app.add_middleware(Idempotency, root=app)
     app.add_middleware(

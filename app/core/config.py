@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     message_rate: float = Field(500.0, gt=0, description="Client messages per second, any type.")
     message_burst: int = Field(1000, gt=0, description="Message burst above the rate.")
     max_request_bytes: int = Field(1024 * 1024, gt=0, description="Largest REST request body.")
+    rest_fast_path: bool = Field(
+        True,
+        description="Serve the common /api routes without FastAPI's request machinery, with the "
+        "same answers (app/api/fast_path.py); false: every request through FastAPI.",
+    )
     max_request_head_bytes: int = Field(
         16 * 1024, ge=1024, description="Request line + headers, any port; past it: 431, closed."
     )
