@@ -116,3 +116,35 @@ async def test_a_cancelled_request_still_closes_its_session(tmp_path: Path) -> N
     async with sessions() as db:  # rolled back: the insert is not there
         assert (await db.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
     await engine.dispose()
+
+
+async def test_a_write_that_reads_nothing_opens_no_session(start_service: ServiceFactory) -> None:
+    """A task without dependencies and a message go to the group commit alone: their requests
+    open no session at all (opening and closing one was ≈ 5 % of a create's CPU). A task with
+    dependencies reads them, in a session of its own."""
+    service = await start_service()
+    runtime = service.app.state.runtime
+    opened: list[Principal] = []
+    make = runtime.context
+
+    def counting(actor: Principal) -> Context:
+        context: Context = make(actor)
+        sessions = context.sessions
+
+        def session() -> Any:
+            opened.append(actor)
+            return sessions()
+
+        context.sessions = session
+        return context
+
+    runtime.context = counting
+    async with api(service) as http:
+        first = await http.post("/api/tasks", json={"title": "t"})
+        assert first.status_code == 201, first.text
+        message = {"from_agent": "a", "to_agent": "b", "content": "hi"}
+        assert (await http.post("/api/messages", json=message)).status_code == 201
+        assert opened == []
+        dependent = {"title": "u", "depends_on": [first.json()["id"]]}
+        assert (await http.post("/api/tasks", json=dependent)).status_code == 201
+    assert len(opened) == 1
