@@ -158,6 +158,13 @@ async def test_the_fast_path_serves_its_routes_and_hands_on_the_rest_intact(
             assert (reply.status_code, reply.text) == (299, "fastapi"), (method, path)
             assert inner.bodies[-1] == body
         assert len(inner.bodies) == len(handed_on)
+        # With a dependency overridden, only FastAPI's solver knows what to call.
+        service.app.dependency_overrides[require_identity] = require_identity
+        try:
+            overridden = await http.post("/api/tasks", json={"title": "x"}, headers=agent)
+        finally:
+            service.app.dependency_overrides.clear()
+        assert (overridden.status_code, inner.bodies[-1]) == (299, b'{"title":"x"}')
         # Nothing the fast path handed on was written.
         listed = await http.get("/api/tasks/t1", headers=agent)
         assert listed.status_code == 200 and listed.json()["title"] == "one"
