@@ -45,6 +45,7 @@ from fastapi import FastAPI, Request
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.exceptions import ResponseValidationError
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from starlette._utils import get_route_path  # the router's own (FastAPI imports it too)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -63,7 +64,7 @@ _JSON = b"application/json"
 class _Route:
     """One route the fast path serves, with what FastAPI built for it."""
 
-    context: RouteContext
+    path: str  # the route's template, prefix included
     route: APIRoute
     method: str
     regex: Any
@@ -126,7 +127,7 @@ def eligible(context: RouteContext) -> _Route | None:
         return None
     method = methods[0]
     return _Route(
-        context=context,
+        path=context.path or "",
         route=route,
         method=method,
         regex=context.path_regex,
@@ -182,11 +183,11 @@ def plan(routes: Sequence[Any]) -> list[_Route]:
 
 def _shadows(other: RouteContext, fast: _Route) -> bool:
     if isinstance(other.original_route, Mount):
-        return _may_overlap(fast.context.path or "", other.path or "", prefix=True)
+        return _may_overlap(fast.path, other.path or "", prefix=True)
     methods = other.methods
     if methods is not None and fast.method not in methods:
         return False
-    return _may_overlap(fast.context.path or "", other.path or "")
+    return _may_overlap(fast.path, other.path or "")
 
 
 class FastPath:
@@ -196,6 +197,10 @@ class FastPath:
         self.app = app
         self.root = root
         self.routes = plan(root.routes)
+        # By method, so a request looks only at the routes it could match.
+        self._by_method: dict[str, list[_Route]] = {}
+        for fast in self.routes:
+            self._by_method.setdefault(fast.method, []).append(fast)
         # As Starlette splits them: 500 and Exception go to ServerErrorMiddleware, outside us.
         handlers = {
             key: handler
@@ -209,11 +214,8 @@ class FastPath:
         # With dependency overrides (FastAPI's way to swap a dependency, in tests) only
         # FastAPI's solver knows what to call.
         if scope["type"] == "http" and not self.root.dependency_overrides:
-            method = scope["method"]
-            path = _route_path(scope)
-            for fast in self.routes:
-                if fast.method != method:
-                    continue
+            path = get_route_path(scope)
+            for fast in self._by_method.get(scope["method"], ()):
                 match = fast.regex.match(path)
                 if match is not None:
                     await self._serve(fast, match.groupdict(), scope, receive, send)
@@ -322,18 +324,6 @@ class FastPath:
             if kind in self._class_handlers:
                 return self._class_handlers[kind]
         return None
-
-
-def _route_path(scope: Scope) -> str:
-    """The path the router matches: without the `root_path` the app is mounted under (as
-    Starlette's `get_route_path`)."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if not root_path or not path.startswith(root_path):
-        return path
-    if path == root_path:
-        return ""
-    return path[len(root_path) :] if path[len(root_path)] == "/" else path
 
 
 def _is_json(scope: Scope) -> bool:
